@@ -46,7 +46,11 @@ migrate: release
 test: lint
 	@url='$(DB_URL)'; echo "using database $$url"; \
 	DATABASE_URL="$$url" $(CARGO) test --workspace --all-targets 2>&1 | tee .test-output.log; \
-	status=$${PIPESTATUS[0]}; exit $$status
+	status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status; \
+	for check in scripts/test.d/*.sh; do \
+	  [ -e "$$check" ] || continue; echo "== $$check"; \
+	  DATABASE_URL="$$url" bash "$$check" || exit 1; \
+	done
 
 run: release
 	@url='$(DB_URL)'; \

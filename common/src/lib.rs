@@ -11,6 +11,7 @@
 //! - [`storage`]: every SQL statement Sluice runs, one function each, named for what it
 //!   does. Every change a worker makes to a job is fenced on its lease token.
 //! - [`client`]: [`JobClient`], the pool-owning handle the binaries use.
+//! - [`metrics`]: the Prometheus registry (with build info) and the `/metrics` route.
 //! - [`listen`]: LISTEN/NOTIFY wakeups that survive a Postgres restart.
 //! - [`telemetry`]: logs (JSON or pretty), OTLP trace export, `traceparent` propagation.
 //! - [`shutdown`]: SIGTERM/SIGINT as a soft and a hard cancellation token.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod listen;
+pub mod metrics;
 pub mod model;
 pub mod shutdown;
 pub mod storage;
