@@ -8,7 +8,7 @@ PG := scripts/pg.sh
 # The private cluster's URL unless the caller brings a database.
 DB_URL = $(if $(DATABASE_URL),$(DATABASE_URL),$(shell $(PG) start))
 
-.PHONY: help run test lint fmt migrate db db-stop build release bench toolchain
+.PHONY: help run test lint fmt migrate db db-stop build release bench soak toolchain
 
 help:
 	@echo "make run      - start a private Postgres (if DATABASE_URL is unset), migrate, run API + worker"
@@ -59,3 +59,6 @@ run: release
 
 bench: release
 	@url='$(DB_URL)'; DATABASE_URL="$$url" scripts/bench.sh
+
+soak: release
+	@url='$(DB_URL)'; DATABASE_URL="$$url" scripts/soak.sh
