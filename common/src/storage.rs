@@ -222,6 +222,15 @@ pub async fn find_job_by_idempotency_key(
 ///
 /// Jobs of kinds paused through the API/CLI are skipped even if still `queued` (an enqueue
 /// that raced the pause). Higher priority first, then oldest `run_at`.
+///
+/// The statement commits with `synchronous_commit = off` (transaction-local, set inside
+/// the statement itself so it stays one round trip). Waiting for an fsync per lease would
+/// cap a worker at a few hundred leases a second, and durability buys nothing here: if
+/// Postgres crashes before the lease reaches disk, the job is simply `queued` again and
+/// the old worker's answer is fenced off by its token; and any later synchronous commit
+/// (a completion) flushes the WAL up to itself, lease included, so a durable completion
+/// never rests on a lost lease. Call it on a pool connection, not inside a transaction
+/// whose other writes need a synchronous commit.
 pub async fn lease_jobs(
     exec: impl PgExecutor<'_>,
     worker: &str,
@@ -244,6 +253,7 @@ pub async fn lease_jobs(
                 AND j.run_at <= now()
                 AND j.kind = ANY($2::text[])
                 AND NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = j.kind AND p.paused)
+                AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
               ORDER BY j.priority DESC, j.run_at, j.id
               LIMIT $4
                 FOR UPDATE OF j SKIP LOCKED
@@ -396,11 +406,14 @@ pub async fn extend_leases(
     let ids: Vec<i64> = leases.iter().map(|(l, _)| l.job_id).collect();
     let tokens: Vec<i64> = leases.iter().map(|(l, _)| l.token).collect();
     let ms: Vec<i64> = leases.iter().map(|(_, d)| d.as_millis() as i64).collect();
+    // Asynchronous commit, like the lease: a heartbeat lost in a crash only lets a lease
+    // expire a little early, which the fencing token already makes harmless.
     Ok(sqlx::query_scalar(
         "UPDATE jobs j
             SET lease_expires_at = now() + l.ms * interval '1 millisecond'
            FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS l(id, token, ms)
           WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'processing'
+            AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
          RETURNING j.id",
     )
     .bind(&ids)
