@@ -841,3 +841,32 @@ pub async fn retry_job<'a>(
     );
     transition_job(db, id, "retry", &sql, actor).await
 }
+
+// ---------------------------------------------------------------------------------------
+// Operator reads (sluicectl)
+// ---------------------------------------------------------------------------------------
+
+/// The database's clock. Lease ages and expiries are computed against it, not the
+/// operator's laptop clock, because `leased_at` and `lease_expires_at` were stamped by it.
+pub async fn fetch_database_now(exec: impl PgExecutor<'_>) -> Result<DateTime<Utc>> {
+    Ok(sqlx::query_scalar("SELECT now()").fetch_one(exec).await?)
+}
+
+/// The newest `limit` audit rows at or after `since`, returned oldest first: what an
+/// operator wants from "show me the audit trail" (the latest entries, read in order).
+pub async fn list_recent_audit_log(
+    exec: impl PgExecutor<'_>,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<AuditEntry>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM (
+             SELECT id, at, actor, action, target, reason, details FROM audit_log
+              WHERE ($1::timestamptz IS NULL OR at >= $1) ORDER BY id DESC LIMIT $2
+         ) newest ORDER BY id",
+    )
+    .bind(since)
+    .bind(limit)
+    .fetch_all(exec)
+    .await?)
+}
