@@ -1,0 +1,247 @@
+//! `sluice-api`: jobs over HTTP, readiness that flips on SIGTERM, a drain that drops nothing.
+//!
+//! # Layout
+//!
+//! - [`config`]: the command line / environment ([`config::Config`]) and the part the
+//!   router needs ([`config::Settings`]).
+//! - [`Application`]: binds the listeners, then [`Application::run_until_stopped`] serves
+//!   until a signal and drains in the order SPEC.md §4 gives.
+//! - [`router`]: every route, merged from one module per resource in [`routes`], wrapped in
+//!   the request id, tracing, timeout, body limit and metrics layers.
+//! - [`auth`]: bearer tokens with `enqueue` / `admin` scopes, as extractors.
+//! - [`problem`]: [`problem::ApiError`], every error as `application/problem+json`.
+//! - [`state`]: what handlers share, including readiness flags and metrics.
+//! - [`batcher`]: concurrent enqueues coalesced into one INSERT and one commit.
+//! - [`waiters`]: long-polls woken by one shared LISTEN on `sluice_done`.
+
+pub mod auth;
+pub mod batcher;
+pub mod config;
+pub mod problem;
+pub mod routes;
+pub mod state;
+pub mod waiters;
+
+use std::{
+    net::SocketAddr,
+    process::ExitCode,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::Response,
+    Router,
+};
+use sluice_common::{db, shutdown::Signals, telemetry};
+use tokio::net::TcpListener;
+use tower_http::{
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+use crate::{
+    config::{Config, Settings},
+    state::{AppState, Readiness},
+};
+
+/// Every route with its layers.
+pub fn router(state: AppState) -> Router {
+    let settings = state.settings.clone();
+    Router::new()
+        .merge(routes::jobs::router())
+        .merge(routes::kinds::router())
+        .merge(routes::stats::router())
+        .merge(routes::health::router())
+        .merge(routes::openapi::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), track_in_flight))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout,
+        ))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = id);
+            if let Some(tp) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+                if sluice_common::model::is_valid_traceparent(tp) {
+                    telemetry::set_remote_parent(&span, tp);
+                }
+            }
+            span
+        }))
+        .layer(SetRequestIdLayer::x_request_id(CounterId::default()))
+        .with_state(state)
+}
+
+/// Request ids: process start time plus a counter, unique without a random source.
+#[derive(Debug, Clone, Default)]
+struct CounterId {
+    /// Shared counter.
+    next: std::sync::Arc<AtomicU64>,
+}
+
+impl MakeRequestId for CounterId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", std::process::id());
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+async fn track_in_flight(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let _guard = state
+        .in_flight
+        .enter(req.method().to_string(), req.uri().path().to_string());
+    state.metrics.in_flight.inc();
+    let resp = next.run(req).await;
+    state.metrics.in_flight.dec();
+    resp
+}
+
+async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.duration
+        .with_label_values(&[&route, &method])
+        .observe(start.elapsed().as_secs_f64());
+    m.requests
+        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+/// The bound listeners and state, ready to serve.
+#[derive(Debug)]
+pub struct Application {
+    /// Public listener.
+    listener: TcpListener,
+    /// `/metrics` listener.
+    metrics_listener: TcpListener,
+    /// Shared state.
+    state: AppState,
+    /// Serving time after readiness flips.
+    drain_delay: Duration,
+    /// In-flight budget once we stop accepting.
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Binds both listeners and builds the state (the pool connects lazily).
+    pub async fn build(config: Config, settings: Settings) -> anyhow::Result<Application> {
+        let pool = db::connect_lazy(&config.db, "sluice-api", 32)?;
+        let listener = TcpListener::bind(config.api_addr).await?;
+        let metrics_listener = TcpListener::bind(config.metrics_addr).await?;
+        let state = AppState::new(pool, settings);
+        Ok(Application {
+            listener,
+            metrics_listener,
+            state,
+            drain_delay: config.drain_delay,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// The readiness flags, for the signal handler.
+    pub fn readiness(&self) -> Readiness {
+        self.state.readiness.clone()
+    }
+
+    /// The bound API address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `signals.soft`, drains, and says how it ended: 0 clean, 1 when the
+    /// budget cut requests off, 130 on a second signal.
+    pub async fn run_until_stopped(self, signals: Signals) -> ExitCode {
+        let Application {
+            listener,
+            metrics_listener,
+            state,
+            drain_delay,
+            shutdown_timeout,
+        } = self;
+        let api_addr = listener.local_addr().ok();
+        let metrics_addr = metrics_listener.local_addr().ok();
+        tracing::info!(api_addr = ?api_addr, metrics_addr = ?metrics_addr, "API listening");
+
+        let metrics_stop = tokio_util::sync::CancellationToken::new();
+        let metrics_app = sluice_common::metrics::router(state.metrics.registry.clone());
+        let ms = metrics_stop.clone();
+        let metrics_task = tokio::spawn(async move {
+            let _ = axum::serve(metrics_listener, metrics_app)
+                .with_graceful_shutdown(async move { ms.cancelled().await })
+                .await;
+        });
+
+        let soft = signals.soft.clone();
+        let stop_accepting = async move {
+            soft.cancelled().await;
+            tracing::info!("Shutting down API...");
+            tokio::time::sleep(drain_delay).await;
+            tracing::info!("drain delay over; no longer accepting connections");
+        };
+        let in_flight = state.in_flight.clone();
+        let pool = state.client.pool().clone();
+        let background = state.background.clone();
+        let app = router(state);
+        let server = axum::serve(listener, app).with_graceful_shutdown(stop_accepting);
+        let server = std::future::IntoFuture::into_future(server);
+        tokio::pin!(server);
+
+        let soft = signals.soft.clone();
+        let budget = async move {
+            soft.cancelled().await;
+            tokio::time::sleep(drain_delay + shutdown_timeout).await;
+        };
+        let code = tokio::select! {
+            res = &mut server => match res {
+                Ok(()) => 0,
+                Err(err) => {
+                    tracing::error!(error = %err, "server failed");
+                    1
+                }
+            },
+            _ = budget => {
+                for r in in_flight.snapshot() {
+                    tracing::error!(method = %r.method, path = %r.path, age_ms = r.started.elapsed().as_millis() as u64,
+                        "request cut off by the shutdown budget");
+                }
+                tracing::error!(budget = ?shutdown_timeout, "in-flight requests outlived the shutdown budget");
+                1
+            }
+            _ = signals.hard.cancelled() => {
+                tracing::warn!("second signal; exiting now");
+                return ExitCode::from(130);
+            }
+        };
+        background.cancel();
+        metrics_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), metrics_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
+        if code == 0 {
+            tracing::info!("API stopped cleanly");
+        }
+        ExitCode::from(code)
+    }
+}
