@@ -1,0 +1,182 @@
+//! The completer: writes handlers' outcomes in batches, fenced on each lease.
+//!
+//! It takes whatever outcomes are waiting (up to 1000) and writes them with at most three
+//! statements (complete, fail, interrupt), so under load one commit answers many jobs.
+//! A database error is retried with backoff: an outcome is not dropped while the process
+//! lives (if the process dies first, the lease expires and the job runs again).
+
+use std::{sync::Arc, time::Duration};
+
+use sluice_common::model::{Failure, JobState, Lease};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::JobError;
+use crate::state::{Outcome, Shared, Totals};
+
+/// Most outcomes written per round.
+const MAX_BATCH: usize = 1000;
+
+/// Writes outcomes until `finish` fires and the channel is empty, or until `abandon`
+/// fires (the database is unreachable and the budget is spent).
+pub async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Outcome>,
+    finish: CancellationToken,
+    abandon: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if batch.is_empty() {
+            tokio::select! {
+                biased;
+                o = rx.recv() => match o {
+                    Some(o) => batch.push(o),
+                    None => return,
+                },
+                _ = finish.cancelled() => {
+                    while let Ok(o) = rx.try_recv() {
+                        batch.push(o);
+                    }
+                    if batch.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match write(&shared, &batch).await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, outcomes = batch.len(), "could not record outcomes; retrying");
+                    tokio::select! {
+                        _ = abandon.cancelled() => {
+                            tracing::error!(outcomes = batch.len(), "giving up on outcomes; their leases will expire and the jobs run again");
+                            return;
+                        }
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::Error> {
+    let mut completes: Vec<Lease> = Vec::new();
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut interrupts: Vec<Lease> = Vec::new();
+    let kind_of = |id: i64| {
+        batch
+            .iter()
+            .find(|o| o.lease.job_id == id)
+            .map(|o| o.kind.as_str())
+            .unwrap_or("?")
+    };
+    for o in batch {
+        match &o.result {
+            Ok(()) => completes.push(o.lease),
+            Err(JobError::Interrupted(_)) => interrupts.push(o.lease),
+            Err(e) => {
+                let kind = shared.registry.get(&o.kind);
+                let (message, retry_after, permanent) = match e {
+                    JobError::Retryable {
+                        message,
+                        retry_after,
+                    } => (message.clone(), *retry_after, false),
+                    JobError::Permanent(m) => (m.clone(), None, true),
+                    JobError::Interrupted(_) => unreachable!("handled above"),
+                };
+                let out_of_attempts = kind
+                    .and_then(|k| k.max_attempts)
+                    .is_some_and(|m| o.attempt >= m);
+                let retry_in = retry_after.unwrap_or_else(|| {
+                    kind.map(|k| k.backoff).unwrap_or_default().delay(o.attempt)
+                });
+                failures.push(Failure {
+                    lease: o.lease,
+                    error: message,
+                    retry_in,
+                    permanent: permanent || out_of_attempts,
+                });
+            }
+        }
+    }
+    let mut conn = shared.client.pool().acquire().await?;
+    if !completes.is_empty() {
+        let done = sluice_common::storage::complete_jobs(&mut conn, &completes).await?;
+        for id in &done {
+            shared
+                .metrics
+                .completed
+                .with_label_values(&[kind_of(*id)])
+                .inc();
+        }
+        Totals::add(&shared.totals.completed, done.len());
+        note_lost(shared, &completes, &done, &kind_of);
+    }
+    if !failures.is_empty() {
+        let out = sluice_common::storage::fail_jobs(&mut conn, &failures).await?;
+        for f in &out {
+            let kind = kind_of(f.job_id);
+            if f.state == JobState::Failed {
+                shared.metrics.failed.with_label_values(&[kind]).inc();
+                Totals::add(&shared.totals.failed, 1);
+            } else {
+                shared.metrics.retried.with_label_values(&[kind]).inc();
+                Totals::add(&shared.totals.retried, 1);
+            }
+        }
+        let applied: Vec<i64> = out.iter().map(|f| f.job_id).collect();
+        let leases: Vec<Lease> = failures.iter().map(|f| f.lease).collect();
+        note_lost(shared, &leases, &applied, &kind_of);
+    }
+    if !interrupts.is_empty() {
+        let reason = format!("interrupted: worker {} was shutting down", shared.identity);
+        let done = sluice_common::storage::interrupt_jobs(&mut *conn, &interrupts, &reason).await?;
+        for id in &done {
+            shared
+                .metrics
+                .interrupted
+                .with_label_values(&[kind_of(*id)])
+                .inc();
+        }
+        Totals::add(&shared.totals.interrupted, done.len());
+        note_lost(shared, &interrupts, &done, &kind_of);
+    }
+    Ok(())
+}
+
+/// Answers that did not apply: the lease had been released, rescued or cancelled. Normal
+/// after an operator's intervention; worth a log line and a counter.
+fn note_lost<'a>(
+    shared: &Shared,
+    sent: &[Lease],
+    applied: &[i64],
+    kind_of: &impl Fn(i64) -> &'a str,
+) {
+    if applied.len() == sent.len() {
+        return;
+    }
+    for l in sent.iter().filter(|l| !applied.contains(&l.job_id)) {
+        tracing::warn!(
+            job.id = l.job_id,
+            "lease no longer held (released, rescued or cancelled); answer discarded"
+        );
+        shared
+            .metrics
+            .lease_lost
+            .with_label_values(&[kind_of(l.job_id)])
+            .inc();
+        Totals::add(&shared.totals.lease_lost, 1);
+    }
+}

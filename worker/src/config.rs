@@ -1,0 +1,98 @@
+//! The worker's command line and environment (SPEC.md §2, §5).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use sluice_common::config::{parse_duration, DbArgs, LogArgs};
+
+/// Everything `sluice-worker` reads at start. Each variable is also a `--flag`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "sluice-worker",
+    version,
+    about = "Runs Sluice jobs; SIGTERM drains without losing any"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// `/metrics` and `/health/*`; never behind a public Service.
+    #[arg(
+        long = "metrics-addr",
+        env = "SLUICE_METRICS_ADDR",
+        value_name = "SLUICE_METRICS_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_addr: SocketAddr,
+
+    /// Budget for draining in-flight jobs after SIGTERM; the pod's grace period must
+    /// exceed it.
+    #[arg(long = "shutdown-timeout", env = "SLUICE_SHUTDOWN_TIMEOUT", value_name = "SLUICE_SHUTDOWN_TIMEOUT",
+          default_value = "120s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Jobs run at once by this process.
+    #[arg(long = "concurrency", env = "SLUICE_WORKER_CONCURRENCY", value_name = "SLUICE_WORKER_CONCURRENCY",
+          default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+
+    /// Kinds this worker leases (comma list); unset: every registered kind.
+    #[arg(
+        long = "kinds",
+        env = "SLUICE_WORKER_KINDS",
+        value_name = "SLUICE_WORKER_KINDS",
+        value_delimiter = ','
+    )]
+    pub kinds: Vec<String>,
+
+    /// TOML file configuring kinds (HTTP targets, lease timeouts, attempts, concurrency).
+    #[arg(
+        long = "handlers-file",
+        env = "SLUICE_HANDLERS_FILE",
+        value_name = "SLUICE_HANDLERS_FILE"
+    )]
+    pub handlers_file: Option<PathBuf>,
+
+    /// Fallback poll when no notification arrives. LISTEN/NOTIFY does the waking, and the
+    /// producer also sleeps exactly until the next scheduled job, so this can be slow.
+    #[arg(long = "poll-interval", env = "SLUICE_WORKER_POLL_INTERVAL", value_name = "SLUICE_WORKER_POLL_INTERVAL",
+          default_value = "30s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Longest the rescuer waits between looks for expired leases of other (possibly
+    /// crashed) workers: a dead worker's job runs again within about this long of expiry.
+    #[arg(long = "rescue-interval", env = "SLUICE_WORKER_RESCUE_INTERVAL", value_name = "SLUICE_WORKER_RESCUE_INTERVAL",
+          default_value = "5s", value_parser = parse_duration)]
+    pub rescue_interval: Duration,
+
+    /// How often queue depth and oldest-job age are refreshed for `/metrics` (a COUNT over
+    /// the table: not per scrape).
+    #[arg(long = "stats-interval", env = "SLUICE_WORKER_STATS_INTERVAL", value_name = "SLUICE_WORKER_STATS_INTERVAL",
+          default_value = "15s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+}
+
+impl Config {
+    /// Checks clap cannot express; exits 2 naming the variable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shutdown_timeout.is_zero() {
+            return Err("SLUICE_SHUTDOWN_TIMEOUT must be greater than 0s".into());
+        }
+        if self.poll_interval < Duration::from_millis(10) {
+            return Err("SLUICE_WORKER_POLL_INTERVAL must be at least 10ms".into());
+        }
+        if self.rescue_interval < Duration::from_millis(10) {
+            return Err("SLUICE_WORKER_RESCUE_INTERVAL must be at least 10ms".into());
+        }
+        if self.stats_interval < Duration::from_millis(100) {
+            return Err("SLUICE_WORKER_STATS_INTERVAL must be at least 100ms".into());
+        }
+        if self.kinds.iter().any(|k| k.trim().is_empty()) {
+            return Err("SLUICE_WORKER_KINDS has an empty entry".into());
+        }
+        Ok(())
+    }
+}

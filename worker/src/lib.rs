@@ -1,0 +1,32 @@
+//! `sluice-worker`: leases, runs and drains jobs. A restart finishes what is running,
+//! puts back what cannot finish in time, and leaves queued jobs queued.
+//!
+//! # Layout
+//!
+//! - [`config`]: the command line / environment (SPEC.md §2, §5).
+//! - [`registry`]: kinds and their handlers and settings; built-ins `sluice.noop` and
+//!   `sluice.sleep`; the handlers file. [`http_target`]: HTTP-target kinds.
+//! - [`app`]: [`app::Worker::build`], then [`app::Worker::run_until_stopped`], which starts
+//!   the services below and runs the drain.
+//! - [`producer`]: leases as many jobs as there are free slots, in one statement; wakes on
+//!   LISTEN/NOTIFY, a timer for the next scheduled job, and a slow fallback poll.
+//! - [`executor`]: runs each job in its own task (panics contained, timeouts enforced).
+//! - [`completer`]: writes outcomes in batches, fenced on each lease.
+//! - [`maintenance`]: heartbeat (renews long jobs' leases), rescuer (expired leases of any
+//!   worker), stats (queue depth for `/metrics`).
+//! - [`health`]: `/health/live`, `/health/ready`, `/metrics`. [`metrics`]: the metric set.
+//! - [`sd_notify`]: `READY=1` / `STOPPING=1` for systemd `Type=notify`.
+//! - [`state`]: what the services share.
+
+pub mod app;
+pub mod completer;
+pub mod config;
+pub mod executor;
+pub mod health;
+pub mod http_target;
+pub mod maintenance;
+pub mod metrics;
+pub mod producer;
+pub mod registry;
+pub mod sd_notify;
+pub mod state;

@@ -1,0 +1,167 @@
+//! Background services: the heartbeat (renews leases of long jobs), the rescuer (takes
+//! back expired leases of any worker) and the stats refresher (queue depth for /metrics).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use sluice_common::{model::Lease, storage};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{Shared, Totals};
+
+/// Renews the lease of every running job that has used a third of it, in one statement.
+/// A job missing from the answer lost its lease (released, rescued, cancelled): its
+/// handler is told to stop, since its result would be discarded anyway.
+pub async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let shortest = shared
+        .registry
+        .names()
+        .filter_map(|n| shared.registry.get(n).map(|k| k.lease_timeout))
+        .min()
+        .unwrap_or(Duration::from_secs(300));
+    let tick = (shortest / 6).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let due: Vec<(Lease, Duration)> = shared
+            .lock_running()
+            .values()
+            .filter(|r| r.renewed_at.elapsed() >= r.lease_timeout / 3)
+            .map(|r| (r.lease, r.lease_timeout))
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let asked_at = Instant::now();
+        match storage::extend_leases(shared.client.pool(), &due).await {
+            Ok(extended) => {
+                let mut running = shared.lock_running();
+                for (lease, _) in &due {
+                    let Some(r) = running.get_mut(&lease.job_id) else {
+                        continue;
+                    };
+                    if r.lease.token != lease.token {
+                        continue;
+                    }
+                    if extended.contains(&lease.job_id) {
+                        r.renewed_at = asked_at;
+                    } else {
+                        tracing::warn!(
+                            job.id = lease.job_id,
+                            "lease lost while running; asking the handler to stop"
+                        );
+                        r.cancel.cancel();
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, jobs = due.len(), "heartbeat failed; will retry")
+            }
+        }
+    }
+}
+
+/// Re-queues expired leases of any worker (a crashed one's jobs), every `interval` or
+/// at once while it keeps finding a full batch. Many workers may run it: each expired row
+/// is locked by one of them.
+pub async fn rescuer(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
+    const BATCH: usize = 500;
+    loop {
+        let mut found = 0;
+        match storage::rescue_expired_leases(shared.client.pool(), BATCH).await {
+            Ok(rescued) => {
+                found = rescued.len();
+                for r in rescued {
+                    tracing::warn!(job.id = r.id, job.kind = %r.kind, state = %r.state, leased_by = ?r.leased_by,
+                                   "lease expired; job taken back");
+                    shared.metrics.rescued.with_label_values(&[&r.kind]).inc();
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "rescuer could not run; will retry"),
+        }
+        if found == BATCH {
+            continue;
+        }
+        let wait = interval.mul_f64(0.8 + rand::random::<f64>() * 0.4);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Refreshes `sluice_queue_depth` and `sluice_oldest_queued_job_age_seconds`.
+pub async fn stats(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
+    loop {
+        match storage::count_jobs_by_kind_and_state(shared.client.pool()).await {
+            Ok(counts) => {
+                shared.metrics.queue_depth.reset();
+                for c in counts {
+                    shared
+                        .metrics
+                        .queue_depth
+                        .with_label_values(&[&c.kind, c.state.as_str()])
+                        .set(c.count);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "queue depth refresh failed"),
+        }
+        match storage::find_oldest_runnable_by_kind(shared.client.pool()).await {
+            Ok(oldest) => {
+                shared.metrics.oldest_queued_age.reset();
+                let now = Utc::now();
+                for (kind, at) in oldest {
+                    let age = (now - at).num_milliseconds().max(0) as f64 / 1000.0;
+                    shared
+                        .metrics
+                        .oldest_queued_age
+                        .with_label_values(&[&kind])
+                        .set(age);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "oldest-job refresh failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Puts back every lease still held, without using attempts: the last step of a drain
+/// whose budget ran out, or of a second signal.
+pub async fn release_all(shared: &Shared) -> usize {
+    let leases: Vec<Lease> = shared.lock_running().values().map(|r| r.lease).collect();
+    if leases.is_empty() {
+        return 0;
+    }
+    let reason = format!(
+        "interrupted: worker {} stopped before the job finished",
+        shared.identity
+    );
+    match storage::interrupt_jobs(shared.client.pool(), &leases, &reason).await {
+        Ok(done) => {
+            let mut running = shared.lock_running();
+            for id in &done {
+                if let Some(r) = running.remove(id) {
+                    shared
+                        .metrics
+                        .interrupted
+                        .with_label_values(&[&r.kind])
+                        .inc();
+                }
+            }
+            Totals::add(&shared.totals.interrupted, done.len());
+            done.len()
+        }
+        Err(err) => {
+            tracing::error!(error = %err, jobs = leases.len(), "could not put jobs back; their leases will expire");
+            0
+        }
+    }
+}

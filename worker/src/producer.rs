@@ -1,0 +1,212 @@
+//! The producer: leases exactly as many jobs as there are free slots, in one statement,
+//! and sleeps until there is reason to believe more are runnable.
+//!
+//! Reasons to look again: a NOTIFY for one of our kinds (enqueue, retry, release,
+//! resume, an operator's UPDATE), a slot freeing up after a lease came back full, the
+//! time of the next scheduled job (known from a `kind@ms` payload or asked of the
+//! database), a LISTEN reconnect (notifications may have been missed), and a slow fallback
+//! poll. An idle worker therefore costs the database almost nothing.
+
+use std::{
+    collections::HashSet,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use chrono::Utc;
+use sluice_common::{
+    listen::{parse_jobs_payload, Wakeup, Wakeups},
+    model::{KindLease, LeasedJob},
+    storage,
+};
+use tokio::time::Instant;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{executor::spawn_job, state::Shared};
+
+/// The producer's settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub poll_interval: Duration,
+}
+
+/// Leases and starts jobs until `stop` fires. Returns once it has stopped leasing.
+pub async fn run(
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    mut wakeups: Wakeups,
+    config: ProducerConfig,
+    stop: CancellationToken,
+) {
+    let my_kinds: HashSet<String> = shared.registry.names().map(str::to_string).collect();
+    let mut look = true;
+    let mut next_scheduled: Option<Instant> = None;
+    let mut error_backoff = Duration::from_millis(100);
+    let mut refresh_schedule = true;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let mut came_back_full = false;
+        if look {
+            let free = shared.slots.available_permits();
+            if free > 0 {
+                match lease_round(&shared, free).await {
+                    Ok((jobs, full)) => {
+                        error_backoff = Duration::from_millis(100);
+                        shared.leasing.store(true, Ordering::SeqCst);
+                        came_back_full = full;
+                        for job in jobs {
+                            // Only the producer takes permits, so these are there.
+                            match shared.slots.clone().try_acquire_owned() {
+                                Ok(permit) => spawn_job(&shared, &tracker, job, permit),
+                                Err(_) => tracing::error!(
+                                    job.id = job.id,
+                                    "no free slot for a leased job"
+                                ),
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        shared.leasing.store(false, Ordering::SeqCst);
+                        tracing::warn!(error = %err, retry_in_ms = error_backoff.as_millis() as u64, "lease failed; backing off");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(error_backoff) => {}
+                        }
+                        error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+                if !came_back_full && refresh_schedule {
+                    refresh_schedule = false;
+                    next_scheduled = find_next_scheduled(&shared).await;
+                }
+            } else {
+                // Every slot busy: there may be more runnable jobs; look when one frees.
+                came_back_full = true;
+            }
+        }
+        look = false;
+        if came_back_full && shared.slots.available_permits() > 0 {
+            look = true;
+            continue;
+        }
+        let poll_at = Instant::now() + jittered(config.poll_interval);
+        let wake_at = next_scheduled.map_or(poll_at, |t| t.min(poll_at));
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = shared.slot_freed.notified(), if came_back_full => { look = true; }
+            w = wakeups.recv() => match w {
+                Wakeup::Notified { payload, .. } => {
+                    let (kind, at) = parse_jobs_payload(&payload);
+                    if my_kinds.contains(kind) {
+                        match at.map(|t| t - Utc::now()).and_then(|d| d.to_std().ok()) {
+                            Some(wait) if !wait.is_zero() => {
+                                let t = Instant::now() + wait;
+                                next_scheduled = Some(next_scheduled.map_or(t, |n| n.min(t)));
+                            }
+                            _ => look = true,
+                        }
+                    }
+                }
+                Wakeup::Reconnected => {
+                    tracing::info!("LISTEN reconnected; looking for jobs that may have been missed");
+                    look = true;
+                    refresh_schedule = true;
+                }
+            },
+            _ = tokio::time::sleep_until(wake_at) => {
+                look = true;
+                refresh_schedule = true;
+                if next_scheduled.is_some_and(|t| t <= Instant::now()) {
+                    next_scheduled = None;
+                }
+            }
+        }
+    }
+}
+
+/// ±10% so that many workers started together do not poll in lockstep.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.9 + rand::random::<f64>() * 0.2)
+}
+
+/// One lease statement for the kinds without a concurrency limit, plus one per limited
+/// kind that has room. Returns the jobs and whether any statement came back full (so
+/// more may be waiting).
+async fn lease_round(
+    shared: &Shared,
+    free: usize,
+) -> Result<(Vec<LeasedJob>, bool), sluice_common::Error> {
+    let running = shared.running_by_kind();
+    let mut unlimited = Vec::new();
+    let mut limited = Vec::new();
+    for name in shared.registry.names() {
+        let Some(kind) = shared.registry.get(name) else {
+            continue;
+        };
+        let lease = KindLease {
+            kind: name.to_string(),
+            lease_timeout: kind.lease_timeout,
+        };
+        match kind.concurrency {
+            None => unlimited.push(lease),
+            Some(limit) => {
+                let room = limit.saturating_sub(running.get(name).copied().unwrap_or(0)) as usize;
+                if room > 0 {
+                    limited.push((lease, room));
+                }
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    let mut full = false;
+    let mut left = free;
+    if !unlimited.is_empty() {
+        let got =
+            storage::lease_jobs(shared.client.pool(), &shared.identity, &unlimited, left).await?;
+        shared.metrics.lease_batch.observe(got.len() as f64);
+        full |= got.len() == left;
+        left -= got.len();
+        jobs.extend(got);
+    }
+    for (lease, room) in limited {
+        if left == 0 {
+            full = true;
+            break;
+        }
+        let want = room.min(left);
+        let got = storage::lease_jobs(
+            shared.client.pool(),
+            &shared.identity,
+            std::slice::from_ref(&lease),
+            want,
+        )
+        .await?;
+        shared.metrics.lease_batch.observe(got.len() as f64);
+        full |= got.len() == want;
+        left -= got.len();
+        jobs.extend(got);
+    }
+    Ok((jobs, full))
+}
+
+/// When the next job of our kinds becomes runnable or any lease expires, as an Instant.
+async fn find_next_scheduled(shared: &Shared) -> Option<Instant> {
+    let kinds: Vec<&str> = shared.registry.names().collect();
+    match storage::find_next_wakeup(shared.client.pool(), &kinds).await {
+        Ok(Some(at)) => {
+            let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            // Scheduled jobs that are already due are leased by the current round; only
+            // future ones need a timer. Expired leases are the rescuer's.
+            (!wait.is_zero()).then(|| Instant::now() + wait + Duration::from_millis(5))
+        }
+        Ok(None) => None,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read the next scheduled time");
+            None
+        }
+    }
+}
