@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# One image, three binaries (sluice-api, sluice-worker, sluicectl); the Kubernetes
+# Deployments pick one with `command:`. Build: docker build -t sluice .
+
+# ---- builder ---------------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+
+# Dependency layer: only the manifests and the lockfile, with stub sources, so the
+# crates.io dependencies are compiled once and reused until Cargo.toml/Cargo.lock change.
+# The stubs and their build records are then deleted so nothing of them survives into the
+# real build below.
+COPY Cargo.toml Cargo.lock ./
+COPY common/Cargo.toml common/Cargo.toml
+COPY api/Cargo.toml api/Cargo.toml
+COPY worker/Cargo.toml worker/Cargo.toml
+COPY cli/Cargo.toml cli/Cargo.toml
+RUN set -eux; \
+    for crate in common api worker cli; do \
+      mkdir -p "$crate/src"; \
+      echo 'fn main() {}' > "$crate/src/main.rs"; \
+      : > "$crate/src/lib.rs"; \
+    done; \
+    cargo build --release --locked --workspace; \
+    rm -rf common/src api/src worker/src cli/src \
+           target/release/.fingerprint/sluice-* target/release/deps/sluice* \
+           target/release/deps/libsluice* target/release/sluice-* target/release/sluicectl
+
+# Real sources. migrations/ is embedded into the binaries at compile time.
+COPY common common
+COPY api api
+COPY worker worker
+COPY cli cli
+COPY migrations migrations
+RUN set -eux; \
+    cargo build --release --locked --workspace; \
+    mkdir -p /out; \
+    cp target/release/sluice-api target/release/sluice-worker target/release/sluicectl /out/
+
+# ---- runtime ---------------------------------------------------------------------------
+# debian-slim rather than distroless: the API's preStop hook runs /bin/sleep in the
+# container, and glibc matches the builder. Nothing else is installed.
+FROM debian:bookworm-slim AS runtime
+COPY --from=builder /out/ /usr/local/bin/
+# Numeric uid:gid so Kubernetes' runAsNonRoot can verify it without an /etc/passwd entry.
+USER 10001:10001
+WORKDIR /tmp
+ENV SLUICE_API_ADDR=0.0.0.0:8080 \
+    SLUICE_METRICS_ADDR=0.0.0.0:9090 \
+    SLUICE_LOG_FORMAT=json
+EXPOSE 8080 9090
+# Exec form, no shell wrapper: the binary is PID 1 and receives SIGTERM itself.
+# Override with the binary you want: `docker run IMAGE sluice-worker`.
+CMD ["sluice-api"]
