@@ -47,10 +47,15 @@ test: lint
 	@url='$(DB_URL)'; echo "using database $$url"; \
 	DATABASE_URL="$$url" $(CARGO) test --workspace --all-targets 2>&1 | tee .test-output.log; \
 	status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status; \
+	checks=0; \
 	for check in scripts/test.d/*.sh; do \
 	  [ -e "$$check" ] || continue; echo "== $$check"; \
 	  DATABASE_URL="$$url" bash "$$check" || exit 1; \
-	done
+	  checks=$$((checks + 1)); \
+	done; \
+	passed=$$(grep -Eo 'test result: ok\. [0-9]+ passed' .test-output.log | awk '{s+=$$4} END {print s+0}'); \
+	echo "cargo tests: $$passed passed; checks in scripts/test.d: $$checks passed"; \
+	echo "summary: $$((passed + checks)) passed, 0 failed"
 
 run: release
 	@url='$(DB_URL)'; \
