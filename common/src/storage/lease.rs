@@ -1,0 +1,303 @@
+//! The worker's hot path and its housekeeping: lease, complete, fail, interrupt,
+//! heartbeat, rescue, the next wake-up, kind registration and deletion of old jobs.
+//! Every answer about a job is fenced on its lease token.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::error::{Error, Result};
+use crate::model::{validate_kind, FailOutcome, Failure, KindLease, Lease, LeasedJob, Rescued};
+
+use super::{DONE_IDS_PER_STATEMENT, REQUEUE_STATE};
+
+/// Leases up to `limit` runnable jobs of the given kinds in one statement: locks them with
+/// `FOR UPDATE SKIP LOCKED` (concurrent leasers never wait on, or get, each other's rows),
+/// moves them to `processing`, counts the attempt, and stamps the lease: `leased_by`,
+/// `leased_at`, `lease_expires_at` from the kind's timeout, and a fresh fencing token.
+///
+/// Jobs of kinds paused through the API/CLI are skipped even if still `queued` (an enqueue
+/// that raced the pause). Higher priority first, then oldest `run_at`.
+///
+/// The statement commits with `synchronous_commit = off` (transaction-local, set inside
+/// the statement itself so it stays one round trip). Waiting for an fsync per lease would
+/// cap a worker at a few hundred leases a second, and durability buys nothing here: if
+/// Postgres crashes before the lease reaches disk, the job is simply `queued` again and
+/// the old worker's answer is fenced off by its token; and any later synchronous commit
+/// (a completion) flushes the WAL up to itself, lease included, so a durable completion
+/// never rests on a lost lease. Call it on a pool connection, not inside a transaction
+/// whose other writes need a synchronous commit.
+pub async fn lease_jobs(
+    exec: impl PgExecutor<'_>,
+    worker: &str,
+    kinds: &[KindLease],
+    limit: usize,
+) -> Result<Vec<LeasedJob>> {
+    if kinds.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
+    let timeouts_ms: Vec<i64> = kinds
+        .iter()
+        .map(|k| k.lease_timeout.as_millis() as i64)
+        .collect();
+    let rows = sqlx::query_as(
+        "WITH claimed AS MATERIALIZED (
+             SELECT j.id, j.kind
+               FROM jobs j
+              WHERE j.state = 'queued'
+                AND j.run_at <= now()
+                AND j.kind = ANY($2::text[])
+                AND NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = j.kind AND p.paused)
+                AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
+              ORDER BY j.priority DESC, j.run_at, j.id
+              LIMIT $4
+                FOR UPDATE OF j SKIP LOCKED
+         )
+         UPDATE jobs j
+            SET state = 'processing',
+                attempts = j.attempts + 1,
+                leased_by = $1,
+                leased_at = now(),
+                lease_expires_at = now() + t.timeout_ms * interval '1 millisecond',
+                lease_token = nextval('jobs_lease_token_seq'),
+                updated_at = now()
+           FROM claimed c
+           JOIN unnest($2::text[], $3::int8[]) AS t(kind, timeout_ms) ON t.kind = c.kind
+          WHERE j.id = c.id
+         RETURNING j.id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts, j.lease_token,
+                   j.lease_expires_at, j.run_at, j.created_at, j.traceparent",
+    )
+    .bind(worker)
+    .bind(&names)
+    .bind(&timeouts_ms)
+    .bind(limit as i64)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows)
+}
+
+fn split_leases(leases: &[Lease]) -> (Vec<i64>, Vec<i64>) {
+    leases.iter().map(|l| (l.job_id, l.token)).unzip()
+}
+
+/// Marks leased jobs `completed`, fenced on each lease. Returns the ids it applied to;
+/// the rest had lost their lease (released, rescued, cancelled, re-leased) and were left
+/// alone. Sends their ids on [`DONE_CHANNEL`] in the same statement.
+pub async fn complete_jobs(conn: &mut PgConnection, leases: &[Lease]) -> Result<Vec<i64>> {
+    let mut applied = Vec::with_capacity(leases.len());
+    for chunk in leases.chunks(DONE_IDS_PER_STATEMENT) {
+        let (ids, tokens) = split_leases(chunk);
+        let rows: Vec<i64> = sqlx::query_scalar(
+            "WITH done AS (
+                 UPDATE jobs j
+                    SET state = 'completed', finished_at = now(), updated_at = now(),
+                        lease_expires_at = NULL, lease_token = NULL, last_error = NULL
+                   FROM unnest($1::int8[], $2::int8[]) AS l(id, token)
+                  WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'processing'
+                 RETURNING j.id
+             ), told AS (
+                 SELECT pg_notify('sluice_done', string_agg(id::text, ',')) FROM done HAVING count(*) > 0
+             )
+             SELECT id FROM done WHERE (SELECT count(*) FROM told) >= 0",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .fetch_all(&mut *conn)
+        .await?;
+        applied.extend(rows);
+    }
+    Ok(applied)
+}
+
+/// Records failed attempts, fenced on each lease. A job with attempts left (and not
+/// `permanent`) goes back to `queued` (or `paused`, if its kind is) to run again after its
+/// `retry_in`; otherwise it ends `failed`. `last_error` keeps the message either way.
+pub async fn fail_jobs(conn: &mut PgConnection, failures: &[Failure]) -> Result<Vec<FailOutcome>> {
+    let mut out = Vec::with_capacity(failures.len());
+    for chunk in failures.chunks(DONE_IDS_PER_STATEMENT) {
+        let ids: Vec<i64> = chunk.iter().map(|f| f.lease.job_id).collect();
+        let tokens: Vec<i64> = chunk.iter().map(|f| f.lease.token).collect();
+        let errors: Vec<&str> = chunk.iter().map(|f| f.error.as_str()).collect();
+        let delays: Vec<i64> = chunk
+            .iter()
+            .map(|f| f.retry_in.as_millis() as i64)
+            .collect();
+        let permanent: Vec<bool> = chunk.iter().map(|f| f.permanent).collect();
+        let sql = format!(
+            "WITH f AS (
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::bool[])
+                          AS f(id, token, error, delay_ms, permanent)
+             ), changed AS (
+                 UPDATE jobs j
+                    SET state = CASE WHEN f.permanent OR j.attempts >= j.max_attempts THEN 'failed'
+                                     ELSE {REQUEUE_STATE} END,
+                        run_at = CASE WHEN f.permanent OR j.attempts >= j.max_attempts THEN j.run_at
+                                      ELSE now() + f.delay_ms * interval '1 millisecond' END,
+                        finished_at = CASE WHEN f.permanent OR j.attempts >= j.max_attempts THEN now() END,
+                        leased_by = CASE WHEN f.permanent OR j.attempts >= j.max_attempts THEN j.leased_by END,
+                        leased_at = CASE WHEN f.permanent OR j.attempts >= j.max_attempts THEN j.leased_at END,
+                        last_error = f.error,
+                        lease_expires_at = NULL, lease_token = NULL, updated_at = now()
+                   FROM f
+                  WHERE j.id = f.id AND j.lease_token = f.token AND j.state = 'processing'
+                 RETURNING j.id, j.state
+             ), told AS (
+                 SELECT pg_notify('sluice_done', string_agg(id::text, ','))
+                   FROM changed WHERE state = 'failed' HAVING count(*) > 0
+             )
+             SELECT id, state FROM changed WHERE (SELECT count(*) FROM told) >= 0"
+        );
+        let rows: Vec<(i64, String)> = sqlx::query_as(&sql)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&errors)
+            .bind(&delays)
+            .bind(&permanent)
+            .fetch_all(&mut *conn)
+            .await?;
+        for (job_id, state) in rows {
+            let state = state
+                .parse()
+                .map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))?;
+            out.push(FailOutcome { job_id, state });
+        }
+    }
+    Ok(out)
+}
+
+/// Puts leased jobs back without using up their attempt: the worker is shutting down and
+/// did not finish them, which says nothing about the job. They are runnable at once.
+pub async fn interrupt_jobs(
+    exec: impl PgExecutor<'_>,
+    leases: &[Lease],
+    reason: &str,
+) -> Result<Vec<i64>> {
+    let (ids, tokens) = split_leases(leases);
+    let sql = format!(
+        "UPDATE jobs j
+            SET state = {REQUEUE_STATE},
+                attempts = greatest(j.attempts - 1, 0),
+                last_error = $3,
+                leased_by = NULL, leased_at = NULL, lease_expires_at = NULL, lease_token = NULL,
+                updated_at = now()
+           FROM unnest($1::int8[], $2::int8[]) AS l(id, token)
+          WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'processing'
+         RETURNING j.id"
+    );
+    Ok(sqlx::query_scalar(&sql)
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(reason)
+        .fetch_all(exec)
+        .await?)
+}
+
+/// Extends leases that are still held (a heartbeat for long jobs). Returns the ids
+/// extended; a missing id means the lease was lost and the job should stop.
+pub async fn extend_leases(
+    exec: impl PgExecutor<'_>,
+    leases: &[(Lease, std::time::Duration)],
+) -> Result<Vec<i64>> {
+    let ids: Vec<i64> = leases.iter().map(|(l, _)| l.job_id).collect();
+    let tokens: Vec<i64> = leases.iter().map(|(l, _)| l.token).collect();
+    let ms: Vec<i64> = leases.iter().map(|(_, d)| d.as_millis() as i64).collect();
+    // Asynchronous commit, like the lease: a heartbeat lost in a crash only lets a lease
+    // expire a little early, which the fencing token already makes harmless.
+    Ok(sqlx::query_scalar(
+        "UPDATE jobs j
+            SET lease_expires_at = now() + l.ms * interval '1 millisecond'
+           FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS l(id, token, ms)
+          WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'processing'
+            AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
+         RETURNING j.id",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&ms)
+    .fetch_all(exec)
+    .await?)
+}
+
+/// Takes back up to `limit` jobs whose lease expired (their worker died or hung): back to
+/// `queued` (the crashed attempt counts), or `failed` once out of attempts. Safe for many
+/// workers to run at once: each expired row is locked by exactly one of them.
+pub async fn rescue_expired_leases(
+    exec: impl PgExecutor<'_>,
+    limit: usize,
+) -> Result<Vec<Rescued>> {
+    let sql = format!(
+        "WITH expired AS MATERIALIZED (
+             SELECT id FROM jobs
+              WHERE state = 'processing' AND lease_expires_at < now()
+              ORDER BY lease_expires_at
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED
+         ), prev AS (
+             SELECT j.id, j.leased_by FROM jobs j JOIN expired e USING (id)
+         )
+         UPDATE jobs j
+            SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE {REQUEUE_STATE} END,
+                last_error = 'lease expired at ' || j.lease_expires_at || ' (held by ' || coalesce(j.leased_by, '?') || ')',
+                finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+                leased_by = CASE WHEN j.attempts >= j.max_attempts THEN j.leased_by END,
+                leased_at = CASE WHEN j.attempts >= j.max_attempts THEN j.leased_at END,
+                lease_expires_at = NULL, lease_token = NULL, updated_at = now()
+           FROM prev
+          WHERE j.id = prev.id AND j.state = 'processing' AND j.lease_expires_at < now()
+         RETURNING j.id, j.kind, j.state, prev.leased_by"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(limit as i64)
+        .fetch_all(exec)
+        .await?)
+}
+
+/// When the next job of these kinds becomes runnable or the next lease expires, whichever
+/// is first: an idle worker sleeps until then instead of polling.
+pub async fn find_next_wakeup(
+    exec: impl PgExecutor<'_>,
+    kinds: &[&str],
+) -> Result<Option<DateTime<Utc>>> {
+    Ok(sqlx::query_scalar(
+        "SELECT least((SELECT min(run_at) FROM jobs WHERE state = 'queued' AND kind = ANY($1::text[])),
+                      (SELECT min(lease_expires_at) FROM jobs WHERE state = 'processing'))",
+    )
+    .bind(kinds)
+    .fetch_one(exec)
+    .await?)
+}
+
+/// Records the kinds a worker can run, so operators can pause a kind before any job of it
+/// exists and `GET /v1/kinds` lists it.
+pub async fn register_kinds(exec: impl PgExecutor<'_>, kinds: &[&str]) -> Result<()> {
+    for kind in kinds {
+        validate_kind(kind)?;
+    }
+    sqlx::query(
+        "INSERT INTO job_kinds (kind) SELECT unnest($1::text[]) ON CONFLICT (kind) DO NOTHING",
+    )
+    .bind(kinds)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` jobs that finished (completed, failed, cancelled) before
+/// `older_than`, oldest first. Returns how many.
+pub async fn delete_finished_jobs(
+    exec: impl PgExecutor<'_>,
+    older_than: DateTime<Utc>,
+    limit: usize,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM jobs WHERE id IN (
+             SELECT id FROM jobs
+              WHERE state IN ('completed', 'failed', 'cancelled') AND finished_at < $1
+              LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(older_than)
+    .bind(limit as i64)
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected())
+}
