@@ -133,7 +133,7 @@ pub(crate) fn note_matched_route(req: &Request) {
         let route = path.as_str();
         let span = Span::current();
         span.record("http.route", route);
-        span.record("otel.name", format!("{} {route}", req.method()));
+        telemetry::set_span_name(&span, format!("{} {route}", req.method()));
         if let Some(slot) = req.extensions().get::<RouteSlot>() {
             let _ = slot.0.set(route.to_string());
         }
@@ -186,7 +186,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         .inc();
 
     let span = Span::current();
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     // A probe's 503 is an answer ("draining", "database down"), not a failed request; the
     // state change behind it is logged once where it happens.
     let probe = route.starts_with("/health/");

@@ -152,3 +152,10 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
     // Fails only if the span was already started, which callers never do.
     let _ = span.set_parent(cx);
 }
+
+/// Renames `span` in the trace (e.g. a server span once routing knows its route). The
+/// `otel.name` field only works before the span starts, so this renames the started span.
+pub fn set_span_name(span: &tracing::Span, name: String) {
+    use opentelemetry::trace::TraceContextExt as _;
+    span.context().span().update_name(name);
+}
