@@ -2,9 +2,10 @@
 """What Sluice tells operators, end to end, with the real binaries.
 
 Runs (all local, all real): a fresh Postgres database, one `sluice-api` and one
-`sluice-worker` exporting traces over OTLP/HTTP to an OTLP receiver in this script (a
-`http.server` decoding `ExportTraceServiceRequest` with the official protobuf classes), and
-an HTTP target that fails one kind of job.
+`sluice-worker` exporting traces over OTLP/HTTP to OTLP receivers in this script (a
+`http.server` decoding `ExportTraceServiceRequest` with the official protobuf classes; the
+API's over http, the worker's over https with a CA made by openssl here and trusted through
+SSL_CERT_FILE), and an HTTP target that fails one kind of job.
 
 Asserted:
 - traces: the resource comes from `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`; the API's
@@ -29,6 +30,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -100,7 +102,7 @@ class Receiver:
     """OTLP/HTTP traces (`POST /v1/traces`, protobuf) and the jobs' HTTP target
     (`POST /reject`, always 400 so the job fails at once)."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.lock = threading.Lock()
         self.requests = []  # ExportTraceServiceRequest
         outer = self
@@ -131,6 +133,10 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -182,6 +188,25 @@ class Proc:
             self.p.wait()
 
 
+def make_tls(work):
+    """A CA and a server certificate for 127.0.0.1 / localhost, made with openssl."""
+    ca_key, ca, key, csr, crt = (os.path.join(work, n) for n in
+                                 ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ext = os.path.join(work, "san.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth\n")
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+        "-days", "2", "-subj", "/CN=sluice-e2e-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+        "-subj", "/CN=localhost")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", crt, "-days", "2", "-extfile", ext)
+    return ca, (crt, key)
+
+
 def check(cond, what):
     if not cond:
         raise AssertionError(what)
@@ -226,6 +251,8 @@ def main():
 
 def run(bin_dir, db_url, work, procs, promtool):
     rx = Receiver()
+    ca, server_tls = make_tls(work)
+    rx_tls = Receiver(tls=server_tls)
     handlers = os.path.join(work, "handlers.toml")
     with open(handlers, "w") as f:
         f.write(f'[kinds."{FAIL_KIND}"]\nurl = "http://127.0.0.1:{rx.port}/reject"\n'
@@ -244,7 +271,10 @@ def run(bin_dir, db_url, work, procs, promtool):
                    OTEL_SERVICE_NAME="e2e-api",
                    OTEL_RESOURCE_ATTRIBUTES="deployment.environment.name=e2e,"
                                             "k8s.namespace.name=sluice-e2e")
+    # The worker exports over https: rustls with the system roots, here our CA.
     worker_env = dict(env, SLUICE_LOG_FORMAT="pretty",
+                      OTEL_EXPORTER_OTLP_ENDPOINT=f"https://localhost:{rx_tls.port}",
+                      SSL_CERT_FILE=ca,
                       SLUICE_METRICS_ADDR=f"127.0.0.1:{worker_metrics}",
                       SLUICE_HANDLERS_FILE=handlers,
                       OTEL_RESOURCE_ATTRIBUTES="service.name=e2e-worker,"
@@ -320,8 +350,10 @@ def run(bin_dir, db_url, work, procs, promtool):
     check("Some(" not in api.text(), "log fields are printed in Display form")
 
     # --- traces (flushed at exit) ----------------------------------------------------
-    spans = rx.spans()
-    log(f"{len(spans)} spans received")
+    spans = rx.spans() + rx_tls.spans()
+    log(f"{len(rx.spans())} spans received over http, {len(rx_tls.spans())} over https")
+    check(rx_tls.spans() and all(r.get("service.name") == "e2e-worker" for r, _ in rx_tls.spans()),
+          "the worker's spans arrived over https")
     server = [(res, s) for res, s in spans
               if s.kind == trace_pb2.Span.SPAN_KIND_SERVER and s.trace_id.hex() == trace_id]
     check(len(server) == 1, f"one API server span in the caller's trace (got {len(server)})")
