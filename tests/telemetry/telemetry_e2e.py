@@ -375,6 +375,7 @@ def run(bin_dir, db_url, work, procs, promtool):
     check(wres.get("service.name") == "e2e-worker"
           and wres.get("deployment.environment.name") == "e2e",
           f"worker resource from OTEL_RESOURCE_ATTRIBUTES ({wres})")
+    check(job_span.name == "process sluice.noop", f"job span named by kind ({job_span.name})")
     check(job_span.parent_span_id == enqueue_span.span_id,
           "the job span's parent is the API request span that enqueued it")
     check(job_span.status.code != trace_pb2.Status.STATUS_CODE_ERROR, "the completed job is no error")
