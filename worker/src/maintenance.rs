@@ -77,7 +77,7 @@ pub async fn rescuer(shared: Arc<Shared>, interval: Duration, stop: Cancellation
             Ok(rescued) => {
                 found = rescued.len();
                 for r in rescued {
-                    tracing::warn!(job.id = r.id, job.kind = %r.kind, state = %r.state, leased_by = ?r.leased_by,
+                    tracing::warn!(job.id = r.id, job.kind = %r.kind, state = %r.state, leased_by = r.leased_by.as_deref().unwrap_or("unknown"),
                                    "lease expired; job taken back");
                     shared.metrics.rescued.with_label_values(&[&r.kind]).inc();
                 }
