@@ -41,8 +41,17 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Whether the operator asked for trace export (SPEC.md §2: unset means off).
+/// Whether the operator asked for trace export (SPEC.md §2: unset means off), and did not
+/// switch it off with the standard `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
 fn otlp_configured() -> bool {
+    let env = |name: &str| std::env::var(name).unwrap_or_default();
+    if env("OTEL_SDK_DISABLED").trim().eq_ignore_ascii_case("true")
+        || env("OTEL_TRACES_EXPORTER")
+            .trim()
+            .eq_ignore_ascii_case("none")
+    {
+        return false;
+    }
     [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
