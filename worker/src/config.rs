@@ -77,7 +77,7 @@ pub struct Config {
     /// `on` registers the test-only kinds `sluice.hold` and `sluice.record` (see
     /// `worker/src/test_kinds.rs`); `off` (the default) in production.
     #[arg(long = "test-kinds", env = "SLUICE_WORKER_TEST_KINDS", value_name = "SLUICE_WORKER_TEST_KINDS",
-          default_value = "off", value_parser = parse_switch)]
+          default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub test_kinds: bool,
 }
 
