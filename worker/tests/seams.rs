@@ -225,9 +225,16 @@ async fn a_service_that_panics_makes_the_worker_unready_drain_and_exit_non_zero_
     opts: PgConnectOptions,
 ) {
     let pool = pool_for(&opts).await;
-    for (i, service) in ["heartbeat", "completer", "producer", "listener"]
-        .into_iter()
-        .enumerate()
+    for (i, service) in [
+        "heartbeat",
+        "completer",
+        "producer",
+        "listener",
+        "rescuer",
+        "stats",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let key = 9100 + i as i64;
         let lock = HeldLock::take(&opts, key).await;
@@ -326,6 +333,68 @@ async fn an_outcome_reached_while_the_database_is_down_during_a_drain_is_written
         ("completed", 1),
         "completed once, not run again: {}",
         w.log()
+    );
+    pool.close().await;
+    let _ = std::fs::remove_file(gate);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn outcomes_the_database_never_took_within_the_budget_are_named_and_the_exit_is_non_zero(
+    _o: PgPoolOptions,
+    _opts: PgConnectOptions,
+) {
+    let pg = PrivateCluster::start("abandon");
+    let pool = pg.migrated_pool().await;
+    let gate = std::env::temp_dir().join(format!(
+        "sluice-gate-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let id = insert(
+        &pool,
+        "sluice.hold",
+        &serde_json::json!({"file": gate}).to_string(),
+    )
+    .await;
+    let mut w = Worker::start(
+        &pg.url,
+        &[
+            ("SLUICE_WORKER_TEST_KINDS", "on"),
+            ("SLUICE_SHUTDOWN_TIMEOUT", "15s"),
+        ],
+    );
+    w.wait_ready().await;
+    wait_until(
+        &pool,
+        &format!("SELECT state = 'processing' FROM jobs WHERE id = {id}"),
+        Duration::from_secs(10),
+    )
+    .await;
+    pool.close().await;
+    w.signal(libc::SIGTERM);
+    w.wait_log("waiting for in-flight jobs", Duration::from_secs(10))
+        .await;
+    pg.pg("stop");
+    std::fs::write(&gate, b"go").unwrap();
+    // The database stays down past the budget: the answer cannot be written, and the
+    // exit says so (the lease expires and the job runs again; nothing is lost silently).
+    let status = w.wait_exit(Duration::from_secs(120)).await;
+    assert_eq!(status.code(), Some(1), "{}", w.log());
+    assert!(
+        w.log().contains("giving up on outcomes") && w.log().contains(&format!("[{id}]")),
+        "the abandoned job is named: {}",
+        w.log()
+    );
+    pg.pg("start");
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pg.url)
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&pool, id).await.0,
+        "processing",
+        "left to its lease, which expires and lets it run again"
     );
     pool.close().await;
     let _ = std::fs::remove_file(gate);
