@@ -299,10 +299,14 @@ impl Worker {
                 0
             });
         background_stop.cancel();
-        let _ = heartbeat.await;
-        let _ = listener.await;
-        let _ = rescuer.await;
-        let _ = stats.await;
+        // A service stuck on a dead database connection must not hold up the exit.
+        let _ = tokio::time::timeout(release_limit, async {
+            let _ = heartbeat.await;
+            let _ = listener.await;
+            let _ = rescuer.await;
+            let _ = stats.await;
+        })
+        .await;
         flag_watch.abort();
         health_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), health).await;

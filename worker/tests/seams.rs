@@ -48,6 +48,15 @@ async fn a_batch_with_a_due_and_a_scheduled_job_starts_the_scheduled_one_on_time
     let pool = pool_for(&opts).await;
     let mut w = Worker::start(&url_of(&opts), &[("SLUICE_WORKER_POLL_INTERVAL", "60s")]);
     w.wait_ready().await;
+    // Once a probe has run, the worker's start-up look at the schedule is behind it: the
+    // batch below can only be found by the notifications it sends.
+    let probe = insert(&pool, "sluice.noop", "{}").await;
+    wait_until(
+        &pool,
+        &format!("SELECT state = 'completed' FROM jobs WHERE id = {probe}"),
+        Duration::from_secs(20),
+    )
+    .await;
     // One statement: one job due now, one in 2 s.
     let ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO jobs (kind, run_at) VALUES ('sluice.noop', now()), ('sluice.noop', now() + interval '2 seconds')
