@@ -577,3 +577,67 @@ async fn sigkilling_workers_under_load_finishes_every_job_and_repeats_only_lease
     }
     let _ = std::fs::remove_file(handlers);
 }
+
+/// libfaketime, installed by `scripts/test.d/60-clock-skew.sh` (Debian package `faketime`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[sqlx::test(migrator = "MIGRATOR")]
+#[ignore = "needs libfaketime; run by scripts/test.d/60-clock-skew.sh"]
+async fn a_worker_whose_clock_is_off_still_starts_a_scheduled_job_on_time(
+    _o: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} missing: apt-get install faketime"
+    );
+    let pool = pool_for(&opts).await;
+    // Twenty seconds slow, then twenty fast: comparing the database's run_at with this
+    // clock would wake 20 s late, or not until the next poll (a minute away).
+    for skew in ["-20s", "+20s"] {
+        let mut w = Worker::start(
+            &url_of(&opts),
+            &[
+                ("SLUICE_WORKER_POLL_INTERVAL", "60s"),
+                ("LD_PRELOAD", LIBFAKETIME),
+                ("FAKETIME", skew),
+                // Only the wall clock is off; monotonic time (timers) runs true.
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ],
+        );
+        w.wait_ready().await;
+        let probe = insert(&pool, "sluice.noop", "{}").await;
+        wait_until(
+            &pool,
+            &format!("SELECT state = 'completed' FROM jobs WHERE id = {probe}"),
+            Duration::from_secs(20),
+        )
+        .await;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (kind, run_at) VALUES ('sluice.noop', now() + interval '2 seconds') RETURNING id",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        wait_until(
+            &pool,
+            &format!("SELECT state = 'completed' FROM jobs WHERE id = {id}"),
+            Duration::from_secs(40),
+        )
+        .await;
+        let late_by: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM leased_at - run_at)::float8 FROM jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(
+            (0.0..10.0).contains(&late_by),
+            "clock {skew}: started {late_by:.1} s after run_at: {}",
+            w.log()
+        );
+        w.signal(libc::SIGTERM);
+        assert_eq!(w.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
+    }
+}
