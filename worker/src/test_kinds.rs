@@ -7,7 +7,9 @@
 //!   holds `pg_advisory_lock(N)` on a connection of its own and unlocks it to let the job
 //!   finish); or `{"file": "/path"}`: runs until that file exists (for tests that stop
 //!   the database meanwhile). Checks every 50 ms; stops early on the shutdown or
-//!   cancellation signal and reports itself interrupted, like `sluice.sleep`.
+//!   cancellation signal and reports itself interrupted, like `sluice.sleep` — unless
+//!   the payload also says `"deaf": true`: then it ignores the signal, like a handler
+//!   that never checks it, so a test can see the worker abort it.
 //! - `sluice.record` — `{"ms": N}`: inserts `(job_id, attempt, pid)` into the table
 //!   `sluice_test_runs`, which the test creates, then sleeps `N` ms like `sluice.sleep`.
 //!   A test counts deliveries per job with it.
@@ -45,8 +47,11 @@ impl Handler for Hold {
                     "sluice.hold needs a payload {\"key\": N} or {\"file\": \"/path\"}".into(),
                 ));
             }
+            let deaf = ctx.payload.get("deaf").and_then(Value::as_bool) == Some(true);
+            let never = tokio_util::sync::CancellationToken::new();
+            let signal = if deaf { &never } else { &ctx.shutdown };
             loop {
-                if ctx.shutdown.is_cancelled() {
+                if signal.is_cancelled() {
                     return Err(JobError::Interrupted("shutdown signal while held".into()));
                 }
                 let free = match (&file, key) {
@@ -64,7 +69,7 @@ impl Handler for Hold {
                     return Ok(());
                 }
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => {}
+                    _ = signal.cancelled() => {}
                     _ = tokio::time::sleep(HOLD_STEP) => {}
                 }
             }

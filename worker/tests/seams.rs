@@ -139,6 +139,50 @@ async fn cancelling_a_running_sleep_stops_it_and_frees_its_slot_for_the_next_job
     );
 }
 
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn cancelling_a_job_whose_handler_ignores_the_signal_aborts_it_and_frees_the_slot(
+    _o: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let pool = pool_for(&opts).await;
+    // Held for the whole test, and deaf to the signal: only an abort can end it.
+    let _lock = HeldLock::take(&opts, 9200).await;
+    let deaf = insert(&pool, "sluice.hold", r#"{"key": 9200, "deaf": true}"#).await;
+    let mut w = Worker::start(
+        &url_of(&opts),
+        &[
+            ("SLUICE_WORKER_CONCURRENCY", "1"),
+            ("SLUICE_WORKER_TEST_KINDS", "on"),
+        ],
+    );
+    w.wait_ready().await;
+    wait_until(
+        &pool,
+        &format!("SELECT state = 'processing' FROM jobs WHERE id = {deaf}"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let next = insert(&pool, "sluice.noop", "{}").await;
+    sluice_common::storage::cancel_job(&pool, deaf, &operator())
+        .await
+        .unwrap();
+    wait_until(
+        &pool,
+        &format!("SELECT state = 'completed' FROM jobs WHERE id = {next}"),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        w.log()
+            .contains("handler ignored its cancellation signal; aborted"),
+        "{}",
+        w.log()
+    );
+    assert_eq!(state(&pool, deaf).await.0, "cancelled");
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
+}
+
 /// A target that never answers, and reports when a request arrived and when the worker
 /// closed the connection.
 async fn silent_target() -> (
