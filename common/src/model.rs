@@ -331,6 +331,18 @@ pub struct KindLease {
     pub lease_timeout: Duration,
 }
 
+/// A kind's retry settings from a worker's registry, for
+/// [`crate::storage::rescue_expired_leases_for`]: the rescuer applies the same limits and
+/// backoff as the completer would have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindRetry {
+    pub kind: String,
+    /// Caps the row's `max_attempts` (the smaller wins); `None`: the row's alone.
+    pub max_attempts: Option<i32>,
+    /// Delay before the rescued job runs again.
+    pub backoff: Backoff,
+}
+
 /// A failed attempt, to be recorded by [`crate::storage::fail_jobs`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {

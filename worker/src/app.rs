@@ -21,12 +21,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     completer,
     config::Config,
-    health, maintenance,
+    health, listener, maintenance,
     metrics::WorkerMetrics,
     producer,
     registry::Registry,
     sd_notify,
     state::{Shared, Totals},
+    supervisor::Supervisor,
 };
 
 /// A worker ready to run: configuration checked, metrics port bound.
@@ -35,6 +36,9 @@ pub struct Worker {
     config: Config,
     registry: Registry,
     metrics_listener: TcpListener,
+    /// Built (without connecting) at start-up, so test kinds that need it can be
+    /// registered before the handlers file configures them.
+    pool: sqlx::PgPool,
 }
 
 /// A configuration problem: the binary prints it and exits 2.
@@ -43,11 +47,17 @@ pub struct Worker {
 pub struct ConfigError(pub String);
 
 impl Worker {
-    /// Builds the registry from the built-ins, the handlers file and the kinds filter, and
-    /// binds the metrics listener.
+    /// Builds the registry from the built-ins (and the test kinds, if enabled), the
+    /// handlers file and the kinds filter, and binds the metrics listener.
     pub async fn build(config: Config) -> Result<Worker, ConfigError> {
         config.validate().map_err(ConfigError)?;
+        let max_conn = (config.concurrency / 8).clamp(4, 16) + 2;
+        let pool = db::connect_lazy(&config.db, "sluice-worker", max_conn)
+            .map_err(|e| ConfigError(format!("DATABASE_URL: {e}")))?;
         let mut registry = Registry::builtins();
+        if config.test_kinds {
+            registry.add_test_kinds(&pool);
+        }
         if let Some(path) = &config.handlers_file {
             registry.apply_file(path).map_err(ConfigError)?;
         }
@@ -62,6 +72,7 @@ impl Worker {
             config,
             registry,
             metrics_listener,
+            pool,
         })
     }
 
@@ -71,24 +82,20 @@ impl Worker {
     }
 
     /// Runs until the drain completes. Exit code 0 after a graceful drain (even one that
-    /// had to put jobs back), 130 after a second signal, 1 if the database never came up.
+    /// had to put jobs back), 130 after a second signal, 1 if a service failed or
+    /// outcomes had to be abandoned (the database did not come back within the budget).
     pub async fn run_until_stopped(self, signals: Signals, draining: Arc<AtomicBool>) -> ExitCode {
         let Worker {
             config,
             registry,
             metrics_listener,
+            pool,
         } = self;
         let metrics = WorkerMetrics::new();
         let identity = sluice_common::shutdown::worker_identity();
-        let max_conn = (config.concurrency / 8).clamp(4, 16) + 2;
-        let pool = match db::connect_lazy(&config.db, "sluice-worker", max_conn) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("error: DATABASE_URL: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Room for every slot's outcome: executors only wait here when the completer
+        // cannot keep up (or the database is down).
+        let (tx, rx) = mpsc::channel(config.concurrency as usize);
         let shared = Arc::new(Shared {
             client: JobClient::new(pool.clone()),
             registry,
@@ -98,6 +105,10 @@ impl Worker {
             slots: Arc::new(Semaphore::new(config.concurrency as usize)),
             slot_freed: Notify::new(),
             outcomes: tx,
+            wake: Notify::new(),
+            pending_wake: Mutex::default(),
+            drain: CancellationToken::new(),
+            broken: AtomicBool::new(false),
             handler_cancel: CancellationToken::new(),
             leasing: AtomicBool::new(false),
             draining: draining.clone(),
@@ -110,8 +121,10 @@ impl Worker {
                 soft.cancelled().await;
                 shared.draining.store(true, Ordering::SeqCst);
                 shared.metrics.shutting_down.set(1);
+                shared.drain.cancel();
             })
         };
+        let drain = shared.drain.clone();
 
         let health_stop = CancellationToken::new();
         let health = {
@@ -134,7 +147,10 @@ impl Worker {
         if let Err(err) = storage::register_kinds(&pool, &kinds).await {
             tracing::warn!(error = %err, "could not register kinds; continuing");
         }
-        let mut wakeups = Wakeups::new(pool.clone(), &[storage::JOBS_CHANNEL]);
+        let mut wakeups = Wakeups::new(
+            pool.clone(),
+            &[storage::JOBS_CHANNEL, storage::CANCEL_CHANNEL],
+        );
         let mut delay = Duration::from_millis(100);
         while let Err(err) = wakeups.start().await {
             tracing::warn!(error = %err, "LISTEN failed; retrying");
@@ -145,45 +161,61 @@ impl Worker {
             delay = (delay * 2).min(Duration::from_secs(5));
         }
 
+        let supervisor = Supervisor::new(shared.clone());
         let tracker = TaskTracker::new();
         let background_stop = CancellationToken::new();
         let completer_finish = CancellationToken::new();
         let completer_abandon = CancellationToken::new();
-        let completer = tokio::spawn(completer::run(
-            shared.clone(),
-            rx,
+        let completer = supervisor.spawn(
+            "completer",
             completer_finish.clone(),
-            completer_abandon.clone(),
-        ));
-        let heartbeat = tokio::spawn(maintenance::heartbeat(
-            shared.clone(),
+            completer::run(
+                shared.clone(),
+                rx,
+                completer_finish.clone(),
+                completer_abandon.clone(),
+            ),
+        );
+        let listener = supervisor.spawn(
+            "listener",
             background_stop.clone(),
-        ));
-        let rescuer = tokio::spawn(maintenance::rescuer(
-            shared.clone(),
-            config.rescue_interval,
-            signals.soft.clone(),
-        ));
-        let stats = tokio::spawn(maintenance::stats(
-            shared.clone(),
-            config.stats_interval,
-            signals.soft.clone(),
-        ));
-        let producer = tokio::spawn(producer::run(
-            shared.clone(),
-            tracker.clone(),
-            wakeups,
-            producer::ProducerConfig {
-                poll_interval: config.poll_interval,
-            },
-            signals.soft.clone(),
-        ));
-        shared.leasing.store(true, Ordering::SeqCst);
+            listener::run(shared.clone(), wakeups, background_stop.clone()),
+        );
+        let heartbeat = supervisor.spawn(
+            "heartbeat",
+            background_stop.clone(),
+            maintenance::heartbeat(shared.clone(), background_stop.clone()),
+        );
+        let rescuer = supervisor.spawn(
+            "rescuer",
+            drain.clone(),
+            maintenance::rescuer(shared.clone(), config.rescue_interval, drain.clone()),
+        );
+        let stats = supervisor.spawn(
+            "stats",
+            drain.clone(),
+            maintenance::stats(shared.clone(), config.stats_interval, drain.clone()),
+        );
+        let producer = supervisor.spawn(
+            "producer",
+            drain.clone(),
+            producer::run(
+                shared.clone(),
+                tracker.clone(),
+                producer::ProducerConfig {
+                    poll_interval: config.poll_interval,
+                },
+                drain.clone(),
+            ),
+        );
+        if !shared.broken.load(Ordering::SeqCst) {
+            shared.leasing.store(true, Ordering::SeqCst);
+        }
         sd_notify::notify("READY=1");
         tracing::info!(worker = %identity, kinds = %kinds.join(","), concurrency = config.concurrency, "worker started; leasing");
 
         // ---- drain ----
-        signals.soft.cancelled().await;
+        drain.cancelled().await;
         let started = Instant::now();
         let budget = config.shutdown_timeout;
         // Handlers get the signal a little before the budget ends, so they can stop at a
@@ -224,27 +256,65 @@ impl Worker {
             for a in &aborts {
                 a.abort();
             }
-            let _ = tokio::time::timeout(Duration::from_millis(500), tracker.wait()).await;
-        }
-        // Every finished handler has sent its outcome: write them, then stop.
-        completer_finish.cancel();
-        let flush_deadline = started + budget + Duration::from_millis(500);
-        tokio::select! {
-            _ = async { let _ = (&mut Box::pin(completer)).await; } => {}
-            _ = tokio::time::sleep_until(flush_deadline) => {
-                completer_abandon.cancel();
+            if !hard {
+                let _ = tokio::time::timeout(Duration::from_millis(500), tracker.wait()).await;
             }
         }
-        let released = maintenance::release_all(&shared).await;
+        // Every finished handler has sent its outcome (or is blocked sending it, if the
+        // completer is stuck): write them, retrying until the budget, then stop.
+        completer_finish.cancel();
+        let flush_deadline = started + budget + Duration::from_millis(500);
+        if hard {
+            completer_abandon.cancel();
+        }
+        let mut completer = completer;
+        let finished = tokio::select! {
+            f = &mut completer => f,
+            _ = tokio::time::sleep_until(flush_deadline) => {
+                completer_abandon.cancel();
+                (&mut completer).await
+            }
+            _ = signals.hard.cancelled(), if !hard => {
+                hard = true;
+                completer_abandon.cancel();
+                (&mut completer).await
+            }
+        };
+        let abandoned = match finished {
+            Ok(Some(f)) => f.abandoned,
+            _ => Vec::new(),
+        };
+        // After a second signal this gets a second at most: "stop now" means now.
+        let release_limit = if hard {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        };
+        let released = tokio::time::timeout(release_limit, maintenance::release_all(&shared))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(
+                    "could not put unfinished jobs back in time; their leases will expire"
+                );
+                0
+            });
         background_stop.cancel();
-        let _ = heartbeat.await;
-        let _ = rescuer.await;
-        let _ = stats.await;
+        // A service stuck on a dead database connection must not hold up the exit.
+        let _ = tokio::time::timeout(release_limit, async {
+            let _ = heartbeat.await;
+            let _ = listener.await;
+            let _ = rescuer.await;
+            let _ = stats.await;
+        })
+        .await;
         flag_watch.abort();
         health_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), health).await;
-        pool.close().await;
+        if !hard {
+            pool.close().await;
+        }
         let t = &shared.totals;
+        let broken = shared.broken.load(Ordering::SeqCst);
         tracing::info!(
             completed = t.completed.load(Ordering::Relaxed),
             failed = t.failed.load(Ordering::Relaxed),
@@ -252,11 +322,15 @@ impl Worker {
             interrupted = t.interrupted.load(Ordering::Relaxed),
             released,
             lease_lost = t.lease_lost.load(Ordering::Relaxed),
+            abandoned = abandoned.len(),
+            service_failed = broken,
             drain_ms = started.elapsed().as_millis() as u64,
             "worker stopped"
         );
         if hard {
             ExitCode::from(130)
+        } else if broken || !abandoned.is_empty() {
+            ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
         }

@@ -1,13 +1,18 @@
 //! The completer: writes handlers' outcomes in batches, fenced on each lease.
 //!
-//! It takes whatever outcomes are waiting (up to 1000) and writes them with at most three
-//! statements (complete, fail, interrupt), so under load one commit answers many jobs.
-//! A database error is retried with backoff: an outcome is not dropped while the process
-//! lives (if the process dies first, the lease expires and the job runs again).
+//! It takes whatever outcomes are waiting (up to 1000) and writes them in ONE transaction
+//! (complete, fail and interrupt statements, one commit), so under load one commit answers
+//! many jobs and a batch is never half-written. A database error is retried with backoff
+//! until the drain budget is spent: an outcome is not dropped while the process lives (if
+//! the process dies first, the lease expires and the job runs again). Only after the
+//! commit do the jobs leave the running set, so their leases stay heartbeated until their
+//! answer is durable.
 
 use std::{sync::Arc, time::Duration};
 
-use sluice_common::model::{Failure, JobState, Lease};
+use sluice_common::model::{FailOutcome, Failure, JobState, Lease};
+use sluice_common::storage::{self, DONE_IDS_PER_STATEMENT};
+use sqlx::PgConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -17,14 +22,22 @@ use crate::state::{Outcome, Shared, Totals};
 /// Most outcomes written per round.
 const MAX_BATCH: usize = 1000;
 
+/// How the completer ended.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Jobs whose outcome could not be written before the budget ran out: their leases
+    /// will expire and they run again. Non-empty means the worker exits non-zero.
+    pub abandoned: Vec<i64>,
+}
+
 /// Writes outcomes until `finish` fires and the channel is empty, or until `abandon`
 /// fires (the database is unreachable and the budget is spent).
 pub async fn run(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Outcome>,
+    mut rx: mpsc::Receiver<Outcome>,
     finish: CancellationToken,
     abandon: CancellationToken,
-) {
+) -> Finished {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         if batch.is_empty() {
@@ -32,14 +45,14 @@ pub async fn run(
                 biased;
                 o = rx.recv() => match o {
                     Some(o) => batch.push(o),
-                    None => return,
+                    None => return Finished::default(),
                 },
                 _ = finish.cancelled() => {
                     while let Ok(o) = rx.try_recv() {
                         batch.push(o);
                     }
                     if batch.is_empty() {
-                        return;
+                        return Finished::default();
                     }
                 }
             }
@@ -52,23 +65,44 @@ pub async fn run(
         }
         let mut backoff = Duration::from_millis(50);
         loop {
-            match write(&shared, &batch).await {
+            if abandon.is_cancelled() {
+                return give_up(&mut batch, &mut rx);
+            }
+            // Abandoning must not wait for a statement stuck on a dead connection.
+            let written = tokio::select! {
+                r = write(&shared, &batch) => r,
+                _ = abandon.cancelled() => return give_up(&mut batch, &mut rx),
+            };
+            match written {
                 Ok(()) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, outcomes = batch.len(), "could not record outcomes; retrying");
                     tokio::select! {
-                        _ = abandon.cancelled() => {
-                            tracing::error!(outcomes = batch.len(), "giving up on outcomes; their leases will expire and the jobs run again");
-                            return;
-                        }
+                        _ = abandon.cancelled() => return give_up(&mut batch, &mut rx),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
+        let leases: Vec<Lease> = batch.iter().map(|o| o.lease).collect();
+        shared.forget(&leases);
         batch.clear();
     }
+}
+
+/// The budget is spent and the database still refuses: say which answers are lost.
+fn give_up(batch: &mut Vec<Outcome>, rx: &mut mpsc::Receiver<Outcome>) -> Finished {
+    while let Ok(o) = rx.try_recv() {
+        batch.push(o);
+    }
+    let abandoned: Vec<i64> = batch.iter().map(|o| o.lease.job_id).collect();
+    tracing::error!(
+        outcomes = abandoned.len(),
+        jobs = ?abandoned,
+        "giving up on outcomes: the database did not answer within the budget; their leases will expire and the jobs run again"
+    );
+    Finished { abandoned }
 }
 
 async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::Error> {
@@ -111,9 +145,25 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::
             }
         }
     }
-    let mut conn = shared.client.pool().acquire().await?;
+    // Statements run first, metrics after the commit: a rolled-back batch is retried, and
+    // must not be counted twice. One statement is atomic by itself (the common case under
+    // load: a batch of completions), so it skips BEGIN/COMMIT; more than one share a
+    // transaction.
+    let statements = completes.len().div_ceil(DONE_IDS_PER_STATEMENT)
+        + failures.len().div_ceil(DONE_IDS_PER_STATEMENT)
+        + usize::from(!interrupts.is_empty());
+    let reason = format!("interrupted: worker {} was shutting down", shared.identity);
+    let (done_completes, failed, done_interrupts) = if statements > 1 {
+        let mut tx = shared.client.pool().begin().await?;
+        let out = write_statements(&mut tx, &completes, &failures, &interrupts, &reason).await?;
+        tx.commit().await?;
+        out
+    } else {
+        let mut conn = shared.client.pool().acquire().await?;
+        write_statements(&mut conn, &completes, &failures, &interrupts, &reason).await?
+    };
     if !completes.is_empty() {
-        let done = sluice_common::storage::complete_jobs(&mut conn, &completes).await?;
+        let done = done_completes;
         for id in &done {
             shared
                 .metrics
@@ -125,7 +175,7 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::
         note_lost(shared, &completes, &done, &kind_of);
     }
     if !failures.is_empty() {
-        let out = sluice_common::storage::fail_jobs(&mut conn, &failures).await?;
+        let out = failed;
         for f in &out {
             let kind = kind_of(f.job_id);
             if f.state == JobState::Failed {
@@ -141,8 +191,7 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::
         note_lost(shared, &leases, &applied, &kind_of);
     }
     if !interrupts.is_empty() {
-        let reason = format!("interrupted: worker {} was shutting down", shared.identity);
-        let done = sluice_common::storage::interrupt_jobs(&mut *conn, &interrupts, &reason).await?;
+        let done = done_interrupts;
         for id in &done {
             shared
                 .metrics
@@ -154,6 +203,32 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::
         note_lost(shared, &interrupts, &done, &kind_of);
     }
     Ok(())
+}
+
+/// The complete, fail and interrupt statements of one batch, on one connection.
+async fn write_statements(
+    conn: &mut PgConnection,
+    completes: &[Lease],
+    failures: &[Failure],
+    interrupts: &[Lease],
+    reason: &str,
+) -> Result<(Vec<i64>, Vec<FailOutcome>, Vec<i64>), sluice_common::Error> {
+    let done = if completes.is_empty() {
+        Vec::new()
+    } else {
+        storage::complete_jobs(conn, completes).await?
+    };
+    let failed = if failures.is_empty() {
+        Vec::new()
+    } else {
+        storage::fail_jobs(conn, failures).await?
+    };
+    let interrupted = if interrupts.is_empty() {
+        Vec::new()
+    } else {
+        storage::interrupt_jobs(&mut *conn, interrupts, reason).await?
+    };
+    Ok((done, failed, interrupted))
 }
 
 /// Answers that did not apply: the lease had been released, rescued or cancelled. Normal

@@ -73,6 +73,21 @@ pub struct Config {
     #[arg(long = "stats-interval", env = "SLUICE_WORKER_STATS_INTERVAL", value_name = "SLUICE_WORKER_STATS_INTERVAL",
           default_value = "15s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+
+    /// `on` registers the test-only kinds `sluice.hold` and `sluice.record` (see
+    /// `worker/src/test_kinds.rs`); `off` (the default) in production.
+    #[arg(long = "test-kinds", env = "SLUICE_WORKER_TEST_KINDS", value_name = "SLUICE_WORKER_TEST_KINDS",
+          default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub test_kinds: bool,
+}
+
+/// `on`/`off` (also `true`/`false`, `1`/`0`).
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" | "" => Ok(false),
+        other => Err(format!("expected on or off, got {other:?}")),
+    }
 }
 
 impl Config {

@@ -1,43 +1,72 @@
 //! The executor: runs each leased job in its own task.
 //!
 //! The handler runs in a task of its own so a panic is contained (it becomes a retryable
-//! error) and so the drain can abort a handler that ignores its shutdown token. The kind's
-//! timeout turns an over-long attempt into a retryable error. The slot is given back the
-//! moment the handler returns, before the outcome is written: the completer batches
-//! writes, and the producer should not wait for them to lease the next job.
+//! error) and so it can be aborted: by the drain when it ignores its shutdown token, and
+//! a short grace after its lease was revoked (the job was cancelled, or the lease was
+//! taken away), so a cancelled job's slot frees up whatever its handler does. The kind's
+//! timeout turns an over-long attempt into a retryable error.
+//!
+//! The slot is given back once the outcome is queued for the completer (not once it is
+//! written: the completer batches writes, and the producer should not wait for them to
+//! lease the next job). The channel is bounded, so when the completer cannot write (the
+//! database is down) executors wait with their slots held instead of piling up answers.
+//! The job stays in the running set, and so keeps being heartbeated, until the completer
+//! has committed its outcome.
 
-use std::{sync::Arc, time::Instant};
+use std::{sync::Arc, time::Duration, time::Instant};
 
-use sluice_common::model::LeasedJob;
+use sluice_common::model::{Lease, LeasedJob};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::registry::{JobContext, JobError};
 use crate::state::{Outcome, Running, Shared};
 
-/// Starts `job` on `tracker`, holding `permit` until its handler returns.
+/// How long a handler whose lease was revoked may take to notice its signal before its
+/// task is aborted (SPEC.md §5: a cancelled job's signal fires within a second; this is
+/// the backstop for a handler that does not look at it).
+const REVOKE_GRACE: Duration = Duration::from_millis(500);
+
+/// How an attempt's task ended.
+enum Ended {
+    Joined(Result<Result<(), JobError>, tokio::task::JoinError>),
+    TimedOut(Duration),
+    Revoked,
+}
+
+/// Starts `job` on `tracker`, holding `permit` until its outcome is queued.
 pub fn spawn_job(
     shared: &Arc<Shared>,
     tracker: &TaskTracker,
     job: LeasedJob,
     permit: OwnedSemaphorePermit,
 ) {
+    let lease = Lease {
+        job_id: job.id,
+        token: job.token,
+    };
     let Some(kind) = shared.registry.get(&job.kind).cloned() else {
         // The lease query only asks for registered kinds; this cannot happen, but if it
         // did, give the job back rather than hold it until its lease expires.
-        let _ = shared.outcomes.send(Outcome {
-            lease: job.lease(),
+        let outcome = Outcome {
+            lease,
             kind: job.kind.clone(),
             attempt: job.attempts,
             result: Err(JobError::Interrupted(format!(
                 "kind {} is not registered here",
                 job.kind
             ))),
+        };
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            let _ = shared.outcomes.send(outcome).await;
+            drop(permit);
         });
         return;
     };
     let cancel = shared.handler_cancel.child_token();
+    let revoked = CancellationToken::new();
     // A consumer span (OpenTelemetry messaging conventions) whose parent is the server span
     // of the API request that enqueued the job, stored with it as its `traceparent`.
     let span = tracing::info_span!(
@@ -69,41 +98,32 @@ pub fn spawn_job(
     shared.lock_running().insert(
         job.id,
         Running {
-            lease: sluice_common::model::Lease {
-                job_id: job.id,
-                token: job.token,
-            },
+            lease,
             kind: job.kind.clone(),
             lease_timeout: kind.lease_timeout,
             renewed_at: Instant::now(),
             cancel,
             abort: Some(handle.abort_handle()),
+            revoked: revoked.clone(),
+            finished: false,
         },
     );
     shared.metrics.in_flight.inc();
     let shared = shared.clone();
-    let lease = sluice_common::model::Lease {
-        job_id: job.id,
-        token: job.token,
-    };
     let attempt = job.attempts;
     tracker.spawn(
         async move {
             let started = Instant::now();
             let mut handle = handle;
-            let joined = match kind.timeout {
-                Some(limit) => match tokio::time::timeout(limit, &mut handle).await {
-                    Ok(joined) => joined,
-                    Err(_) => {
-                        handle.abort();
-                        Ok(Err(JobError::retryable(format!("attempt timed out after {limit:?}"))))
-                    }
-                },
-                None => handle.await,
+            let abort = handle.abort_handle();
+            let ended = tokio::select! {
+                joined = &mut handle => Ended::Joined(joined),
+                _ = sleep_for(kind.timeout) => Ended::TimedOut(kind.timeout.unwrap_or_default()),
+                _ = async { revoked.cancelled().await; tokio::time::sleep(REVOKE_GRACE).await } => Ended::Revoked,
             };
-            let result = match joined {
-                Ok(result) => result,
-                Err(err) if err.is_panic() => {
+            let result = match ended {
+                Ended::Joined(Ok(result)) => result,
+                Ended::Joined(Err(err)) if err.is_panic() => {
                     let panic = err.into_panic();
                     let msg = panic
                         .downcast_ref::<&str>()
@@ -112,7 +132,16 @@ pub fn spawn_job(
                         .unwrap_or_else(|| "non-string panic".into());
                     Err(JobError::retryable(format!("handler panicked: {msg}")))
                 }
-                Err(_) => Err(JobError::Interrupted("stopped at the end of the drain budget".into())),
+                Ended::Joined(Err(_)) => Err(JobError::Interrupted("handler stopped before it finished".into())),
+                Ended::TimedOut(limit) => {
+                    abort.abort();
+                    Err(JobError::retryable(format!("attempt timed out after {limit:?}")))
+                }
+                Ended::Revoked => {
+                    abort.abort();
+                    tracing::warn!("handler ignored its cancellation signal; aborted");
+                    Err(JobError::Interrupted("lease revoked (cancelled or taken back)".into()))
+                }
             };
             let elapsed = started.elapsed();
             shared.metrics.run_seconds.with_label_values(&[&kind.name]).observe(elapsed.as_secs_f64());
@@ -126,12 +155,33 @@ pub fn spawn_job(
                 span.record("otel.status_code", "error");
                 span.record("otel.status_description", e.to_string());
             }
-            shared.lock_running().remove(&lease.job_id);
+            if let Some(r) = shared.lock_running().get_mut(&lease.job_id) {
+                if r.lease.token == lease.token {
+                    r.finished = true;
+                }
+            }
             shared.metrics.in_flight.dec();
+            let outcome = Outcome { lease, kind: kind.name.clone(), attempt, result };
+            if shared.outcomes.send(outcome).await.is_err() {
+                // The completer is gone (the supervisor is draining the worker): this
+                // answer cannot be written. Leave the job to be put back at the end of the
+                // drain, so it runs again rather than being stranded.
+                tracing::error!("completer stopped; the job will be put back");
+                if let Some(r) = shared.lock_running().get_mut(&lease.job_id) {
+                    r.finished = false;
+                }
+            }
             drop(permit);
             shared.slot_freed.notify_one();
-            let _ = shared.outcomes.send(Outcome { lease, kind: kind.name.clone(), attempt, result });
         }
         .instrument(span),
     );
+}
+
+/// Sleeps for `limit`, or forever without one.
+async fn sleep_for(limit: Option<Duration>) {
+    match limit {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }

@@ -21,10 +21,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// 200 while leasing; 503 `draining` from the instant SIGTERM arrives; 503 `starting`
-/// before the first lease (or while the database is unreachable). No database query.
+/// before the first lease (or while the database is unreachable); 503 `failed` once a
+/// service stopped unexpectedly (the worker drains and exits non-zero). No database query.
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     use std::sync::atomic::Ordering;
-    if shared.draining.load(Ordering::SeqCst) {
+    if shared.broken.load(Ordering::SeqCst) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed"})),
+        )
+    } else if shared.draining.load(Ordering::SeqCst) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "draining"})),

@@ -12,6 +12,11 @@
 //!   LISTEN/NOTIFY, a timer for the next scheduled job, and a slow fallback poll.
 //! - [`executor`]: runs each job in its own task (panics contained, timeouts enforced).
 //! - [`completer`]: writes outcomes in batches, fenced on each lease.
+//! - [`listener`]: the one LISTEN connection: wakes the producer, fires a cancelled
+//!   job's signal.
+//! - [`supervisor`]: runs the services; one that panics or ends early fails the worker
+//!   (readiness 503, drain, non-zero exit).
+//! - [`test_kinds`]: `sluice.hold` and `sluice.record`, only with `SLUICE_WORKER_TEST_KINDS=on`.
 //! - [`maintenance`]: heartbeat (renews long jobs' leases), rescuer (expired leases of any
 //!   worker), stats (queue depth for `/metrics`).
 //! - [`health`]: `/health/live`, `/health/ready`, `/metrics`. [`metrics`]: the metric set.
@@ -24,9 +29,12 @@ pub mod config;
 pub mod executor;
 pub mod health;
 pub mod http_target;
+pub mod listener;
 pub mod maintenance;
 pub mod metrics;
 pub mod producer;
 pub mod registry;
 pub mod sd_notify;
 pub mod state;
+pub mod supervisor;
+pub mod test_kinds;

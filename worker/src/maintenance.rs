@@ -7,7 +7,10 @@ use std::{
 };
 
 use chrono::Utc;
-use sluice_common::{model::Lease, storage};
+use sluice_common::{
+    model::{KindRetry, Lease},
+    storage,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::state::{Shared, Totals};
@@ -51,11 +54,14 @@ pub async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                     if extended.contains(&lease.job_id) {
                         r.renewed_at = asked_at;
                     } else {
-                        tracing::warn!(
-                            job.id = lease.job_id,
-                            "lease lost while running; asking the handler to stop"
-                        );
-                        r.cancel.cancel();
+                        if !r.finished {
+                            tracing::warn!(
+                                job.id = lease.job_id,
+                                "lease lost while running; asking the handler to stop"
+                            );
+                            r.revoked.cancel();
+                            r.cancel.cancel();
+                        }
                     }
                 }
             }
@@ -68,12 +74,23 @@ pub async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// Re-queues expired leases of any worker (a crashed one's jobs), every `interval` or
 /// at once while it keeps finding a full batch. Many workers may run it: each expired row
-/// is locked by one of them.
+/// is locked by one of them. Kinds this worker knows get its registry's `max_attempts`
+/// and backoff, as the completer would have applied.
 pub async fn rescuer(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
-    const BATCH: usize = 500;
+    const BATCH: usize = 300;
+    let kinds: Vec<KindRetry> = shared
+        .registry
+        .names()
+        .filter_map(|n| shared.registry.get(n))
+        .map(|k| KindRetry {
+            kind: k.name.clone(),
+            max_attempts: k.max_attempts,
+            backoff: k.backoff,
+        })
+        .collect();
     loop {
         let mut found = 0;
-        match storage::rescue_expired_leases(shared.client.pool(), BATCH).await {
+        match storage::rescue_expired_leases_for(shared.client.pool(), BATCH, &kinds).await {
             Ok(rescued) => {
                 found = rescued.len();
                 for r in rescued {
@@ -127,10 +144,17 @@ pub async fn stats(shared: Arc<Shared>, interval: Duration, stop: CancellationTo
     }
 }
 
-/// Puts back every lease still held, without using attempts: the last step of a drain
-/// whose budget ran out, or of a second signal.
+/// Puts back every lease still held whose handler did not finish, without using
+/// attempts: the last step of a drain whose budget ran out, or of a second signal. Jobs
+/// whose handler finished keep their lease: their answer was sent to the completer (and
+/// if it could not be written, the lease expires and they run again).
 pub async fn release_all(shared: &Shared) -> usize {
-    let leases: Vec<Lease> = shared.lock_running().values().map(|r| r.lease).collect();
+    let leases: Vec<Lease> = shared
+        .lock_running()
+        .values()
+        .filter(|r| !r.finished)
+        .map(|r| r.lease)
+        .collect();
     if leases.is_empty() {
         return 0;
     }

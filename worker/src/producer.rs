@@ -1,21 +1,23 @@
 //! The producer: leases exactly as many jobs as there are free slots, in one statement,
 //! and sleeps until there is reason to believe more are runnable.
 //!
-//! Reasons to look again: a NOTIFY for one of our kinds (enqueue, retry, release,
-//! resume, an operator's UPDATE), a slot freeing up after a lease came back full, the
-//! time of the next scheduled job (known from a `kind@ms` payload or asked of the
-//! database), a LISTEN reconnect (notifications may have been missed), and a slow fallback
-//! poll. An idle worker therefore costs the database almost nothing.
+//! Reasons to look again: a notification for one of our kinds passed on by the
+//! [`crate::listener`] (enqueue, retry, release, resume, an operator's UPDATE, a LISTEN
+//! reconnect), a slot freeing up after a lease came back full, the time of the next
+//! scheduled job, and a slow fallback poll. An idle worker therefore costs the database
+//! almost nothing.
+//!
+//! The time of the next scheduled job is always asked of the database as a delay
+//! (`run_at - now()` computed there), never as an absolute time compared with this
+//! machine's clock: a worker whose clock is a few seconds off still starts a scheduled
+//! job on time.
 
 use std::{
-    collections::HashSet,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
-use chrono::Utc;
 use sluice_common::{
-    listen::{parse_jobs_payload, Wakeup, Wakeups},
     model::{KindLease, LeasedJob},
     storage,
 };
@@ -27,6 +29,7 @@ use crate::{executor::spawn_job, state::Shared};
 /// The producer's settings.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
+    /// Fallback poll when no notification arrives.
     pub poll_interval: Duration,
 }
 
@@ -34,11 +37,9 @@ pub struct ProducerConfig {
 pub async fn run(
     shared: Arc<Shared>,
     tracker: TaskTracker,
-    mut wakeups: Wakeups,
     config: ProducerConfig,
     stop: CancellationToken,
 ) {
-    let my_kinds: HashSet<String> = shared.registry.names().map(str::to_string).collect();
     let mut look = true;
     let mut next_scheduled: Option<Instant> = None;
     let mut error_backoff = Duration::from_millis(100);
@@ -78,10 +79,6 @@ pub async fn run(
                         continue;
                     }
                 }
-                if !came_back_full && refresh_schedule {
-                    refresh_schedule = false;
-                    next_scheduled = find_next_scheduled(&shared).await;
-                }
             } else {
                 // Every slot busy: there may be more runnable jobs; look when one frees.
                 came_back_full = true;
@@ -92,31 +89,23 @@ pub async fn run(
             look = true;
             continue;
         }
+        if refresh_schedule && !came_back_full {
+            // Only after a round that drained what was runnable (one extra query per
+            // notification of a scheduled job or per poll, not per lease).
+            refresh_schedule = false;
+            next_scheduled = find_next_scheduled(&shared).await;
+        }
         let poll_at = Instant::now() + jittered(config.poll_interval);
         let wake_at = next_scheduled.map_or(poll_at, |t| t.min(poll_at));
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
             _ = shared.slot_freed.notified(), if came_back_full => { look = true; }
-            w = wakeups.recv() => match w {
-                Wakeup::Notified { payload, .. } => {
-                    let (kind, at) = parse_jobs_payload(&payload);
-                    if my_kinds.contains(kind) {
-                        match at.map(|t| t - Utc::now()).and_then(|d| d.to_std().ok()) {
-                            Some(wait) if !wait.is_zero() => {
-                                let t = Instant::now() + wait;
-                                next_scheduled = Some(next_scheduled.map_or(t, |n| n.min(t)));
-                            }
-                            _ => look = true,
-                        }
-                    }
-                }
-                Wakeup::Reconnected => {
-                    tracing::info!("LISTEN reconnected; looking for jobs that may have been missed");
-                    look = true;
-                    refresh_schedule = true;
-                }
-            },
+            _ = shared.wake.notified() => {
+                let seen = shared.take_wake();
+                look |= seen.look;
+                refresh_schedule |= seen.schedule;
+            }
             _ = tokio::time::sleep_until(wake_at) => {
                 look = true;
                 refresh_schedule = true;
@@ -193,16 +182,13 @@ async fn lease_round(
     Ok((jobs, full))
 }
 
-/// When the next job of our kinds becomes runnable or any lease expires, as an Instant.
+/// When the next scheduled (future) job of our kinds becomes runnable, as an Instant on
+/// this machine's monotonic clock, from a delay the database measured on its own clock.
 async fn find_next_scheduled(shared: &Shared) -> Option<Instant> {
     let kinds: Vec<&str> = shared.registry.names().collect();
-    match storage::find_next_wakeup(shared.client.pool(), &kinds).await {
-        Ok(Some(at)) => {
-            let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-            // Scheduled jobs that are already due are leased by the current round; only
-            // future ones need a timer. Expired leases are the rescuer's.
-            (!wait.is_zero()).then(|| Instant::now() + wait + Duration::from_millis(5))
-        }
+    match storage::find_next_run_delay(shared.client.pool(), &kinds).await {
+        // A little late rather than early: `run_at <= now()` must hold when we look.
+        Ok(Some(wait)) => Some(Instant::now() + wait + Duration::from_millis(5)),
         Ok(None) => None,
         Err(err) => {
             tracing::warn!(error = %err, "could not read the next scheduled time");

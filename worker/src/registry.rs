@@ -148,6 +148,19 @@ impl Registry {
         r
     }
 
+    /// Adds the test-only kinds `sluice.hold` and `sluice.record` (`SLUICE_WORKER_TEST_KINDS=on`).
+    pub fn add_test_kinds(&mut self, pool: &sqlx::PgPool) {
+        use crate::test_kinds::{Hold, Record};
+        self.insert(Kind::new(
+            "sluice.hold",
+            Arc::new(Hold { pool: pool.clone() }),
+        ));
+        self.insert(Kind::new(
+            "sluice.record",
+            Arc::new(Record { pool: pool.clone() }),
+        ));
+    }
+
     pub fn insert(&mut self, kind: Kind) {
         self.kinds.insert(kind.name.clone(), kind);
     }

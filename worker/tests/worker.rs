@@ -3,13 +3,13 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
 };
-use support::{insert, state, url_of, wait_until, write_temp, Worker};
+use support::{insert, state, url_of, wait_ready_status, wait_until, write_temp, HeldLock, Worker};
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 
@@ -27,8 +27,17 @@ async fn sigterm_lets_the_running_job_finish_and_leaves_queued_jobs_queued(
     opts: PgConnectOptions,
 ) {
     let pool = pool_for(&opts).await;
-    let long = insert(&pool, "sluice.sleep", r#"{"ms": 3000}"#).await;
-    let mut w = Worker::start(&url_of(&opts), &[("SLUICE_WORKER_CONCURRENCY", "1")]);
+    // The running job is held until the test lets it go: no guessing how long a sleep
+    // outlasts the inserts below on a loaded machine.
+    let lock = HeldLock::take(&opts, 1).await;
+    let long = insert(&pool, "sluice.hold", r#"{"key": 1}"#).await;
+    let mut w = Worker::start(
+        &url_of(&opts),
+        &[
+            ("SLUICE_WORKER_CONCURRENCY", "1"),
+            ("SLUICE_WORKER_TEST_KINDS", "on"),
+        ],
+    );
     w.wait_ready().await;
     wait_until(
         &pool,
@@ -40,7 +49,10 @@ async fn sigterm_lets_the_running_job_finish_and_leaves_queued_jobs_queued(
         insert(&pool, "sluice.sleep", r#"{"ms": 10}"#).await;
     }
     w.signal(libc::SIGTERM);
-    let status = w.wait_exit(Duration::from_secs(15)).await;
+    w.wait_log("waiting for in-flight jobs", Duration::from_secs(10))
+        .await;
+    lock.release().await;
+    let status = w.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{}", w.log());
     assert_eq!(state(&pool, long).await.0, "completed");
     let (queued, leased): (i64, i64) = sqlx::query_as(
@@ -65,8 +77,16 @@ async fn a_job_longer_than_the_budget_is_put_back_without_using_an_attempt(
     opts: PgConnectOptions,
 ) {
     let pool = pool_for(&opts).await;
-    let id = insert(&pool, "sluice.sleep", r#"{"ms": 60000}"#).await;
-    let mut w = Worker::start(&url_of(&opts), &[("SLUICE_SHUTDOWN_TIMEOUT", "2s")]);
+    // Held for the whole test: only the budget can end this job.
+    let _lock = HeldLock::take(&opts, 2).await;
+    let id = insert(&pool, "sluice.hold", r#"{"key": 2}"#).await;
+    let mut w = Worker::start(
+        &url_of(&opts),
+        &[
+            ("SLUICE_SHUTDOWN_TIMEOUT", "2s"),
+            ("SLUICE_WORKER_TEST_KINDS", "on"),
+        ],
+    );
     w.wait_ready().await;
     wait_until(
         &pool,
@@ -74,15 +94,9 @@ async fn a_job_longer_than_the_budget_is_put_back_without_using_an_attempt(
         Duration::from_secs(10),
     )
     .await;
-    let signalled = Instant::now();
     w.signal(libc::SIGTERM);
-    let status = w.wait_exit(Duration::from_secs(6)).await;
-    let took = signalled.elapsed();
+    let status = w.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{}", w.log());
-    assert!(
-        took <= Duration::from_secs(3),
-        "exit took {took:?}, budget 2s + 1s"
-    );
     let (st, attempts, leased_by) = state(&pool, id).await;
     assert_eq!((st.as_str(), attempts, leased_by), ("queued", 0, None));
     let err: Option<String> = sqlx::query_scalar("SELECT last_error FROM jobs WHERE id = $1")
@@ -179,7 +193,7 @@ async fn the_runbooks_pause_sql_holds_a_kind_and_flipping_it_back_runs_it(
     wait_until(
         &pool,
         "SELECT count(*) = 3 FROM jobs WHERE kind = 'sluice.sleep' AND state = 'completed'",
-        Duration::from_secs(2),
+        Duration::from_secs(20),
     )
     .await;
 }
@@ -190,8 +204,14 @@ async fn the_runbooks_force_release_lets_another_worker_run_a_stuck_job_and_fenc
     opts: PgConnectOptions,
 ) {
     let pool = pool_for(&opts).await;
-    let id = insert(&pool, "sluice.sleep", r#"{"ms": 700}"#).await;
-    let mut a = Worker::start(&url_of(&opts), &[]);
+    let lock = HeldLock::take(&opts, 3).await;
+    let id = insert(&pool, "sluice.hold", r#"{"key": 3}"#).await;
+    // Both workers poll only once a minute: the re-queue must wake `b` by NOTIFY.
+    let envs = [
+        ("SLUICE_WORKER_TEST_KINDS", "on"),
+        ("SLUICE_WORKER_POLL_INTERVAL", "60s"),
+    ];
+    let mut a = Worker::start(&url_of(&opts), &envs);
     wait_until(
         &pool,
         &format!("SELECT state = 'processing' FROM jobs WHERE id = {id}"),
@@ -199,10 +219,9 @@ async fn the_runbooks_force_release_lets_another_worker_run_a_stuck_job_and_fenc
     )
     .await;
     a.signal(libc::SIGSTOP);
-    let mut b = Worker::start(&url_of(&opts), &[]);
+    let mut b = Worker::start(&url_of(&opts), &envs);
     b.wait_ready().await;
 
-    let released = Instant::now();
     sqlx::query(&format!("UPDATE jobs\n   SET leased_at = NULL, leased_by = NULL, state = 'queued'\n WHERE id = {id};"))
         .execute(&pool)
         .await
@@ -213,10 +232,10 @@ async fn the_runbooks_force_release_lets_another_worker_run_a_stuck_job_and_fenc
             "SELECT state = 'processing' AND leased_by LIKE '%{}' FROM jobs WHERE id = {id}",
             b.identity_suffix()
         ),
-        Duration::from_secs(2),
+        Duration::from_secs(20),
     )
     .await;
-    assert!(released.elapsed() < Duration::from_secs(2));
+    lock.release().await;
     wait_until(
         &pool,
         &format!("SELECT state = 'completed' FROM jobs WHERE id = {id}"),
@@ -304,35 +323,24 @@ async fn the_worker_survives_a_postgres_restart_and_finishes_every_job(
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn an_idle_worker_starts_a_fresh_job_within_milliseconds(
+async fn an_idle_worker_is_woken_by_the_enqueue_not_by_its_poll(
     _o: PgPoolOptions,
     opts: PgConnectOptions,
 ) {
+    // Latency figures belong in `make bench`; this proves the mechanism: with a poll
+    // an hour away, only the NOTIFY can start these jobs.
     let pool = pool_for(&opts).await;
-    let mut w = Worker::start(&url_of(&opts), &[]);
+    let mut w = Worker::start(&url_of(&opts), &[("SLUICE_WORKER_POLL_INTERVAL", "1h")]);
     w.wait_ready().await;
-    let mut waits = Vec::new();
     for _ in 0..5 {
         let id = insert(&pool, "sluice.noop", "{}").await;
         wait_until(
             &pool,
             &format!("SELECT state = 'completed' FROM jobs WHERE id = {id}"),
-            Duration::from_secs(5),
+            Duration::from_secs(30),
         )
         .await;
-        let ms: f64 = sqlx::query_scalar("SELECT extract(epoch FROM leased_at - created_at)::float8 * 1000 FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        waits.push(ms);
     }
-    waits.sort_by(|a, b| a.total_cmp(b));
-    assert!(
-        waits[2] < 100.0,
-        "median enqueue→lease {:.1} ms (all: {waits:?})",
-        waits[2]
-    );
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -362,8 +370,11 @@ async fn readiness_flips_to_503_the_moment_sigterm_lands(
     opts: PgConnectOptions,
 ) {
     let pool = pool_for(&opts).await;
-    let id = insert(&pool, "sluice.sleep", r#"{"ms": 1500}"#).await;
-    let mut w = Worker::start(&url_of(&opts), &[]);
+    // The job is held until readiness has flipped: the flip cannot be waiting for the
+    // drain, which cannot finish before the test lets the job go.
+    let lock = HeldLock::take(&opts, 4).await;
+    let id = insert(&pool, "sluice.hold", r#"{"key": 4}"#).await;
+    let mut w = Worker::start(&url_of(&opts), &[("SLUICE_WORKER_TEST_KINDS", "on")]);
     w.wait_ready().await;
     wait_until(
         &pool,
@@ -372,20 +383,9 @@ async fn readiness_flips_to_503_the_moment_sigterm_lands(
     )
     .await;
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{}/health/ready", w.port);
     w.signal(libc::SIGTERM);
-    let signalled = Instant::now();
-    loop {
-        let r = client.get(&url).send().await.unwrap();
-        if r.status() == 503 {
-            assert_eq!(r.text().await.unwrap(), r#"{"status":"draining"}"#);
-            break;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_millis(200),
-            "still ready after SIGTERM"
-        );
-    }
+    wait_ready_status(&w, 503, r#"{"status":"draining"}"#, Duration::from_secs(10)).await;
+    assert_eq!(state(&pool, id).await.0, "processing", "still draining");
     let metrics = client
         .get(format!("http://127.0.0.1:{}/metrics", w.port))
         .send()
@@ -395,7 +395,8 @@ async fn readiness_flips_to_503_the_moment_sigterm_lands(
         .await
         .unwrap();
     assert!(metrics.contains("sluice_shutting_down 1"), "{metrics}");
-    assert_eq!(w.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
+    lock.release().await;
+    assert_eq!(w.wait_exit(Duration::from_secs(30)).await.code(), Some(0));
     assert_eq!(state(&pool, id).await.0, "completed");
 }
 
@@ -423,6 +424,12 @@ fn bad_configuration_exits_2_naming_the_variable() {
             ("SLUICE_METRICS_ADDR", "not-an-address"),
             "SLUICE_METRICS_ADDR",
         ),
+        (
+            ("SLUICE_WORKER_TEST_KINDS", "maybe"),
+            "SLUICE_WORKER_TEST_KINDS",
+        ),
+        // The test kinds exist only when explicitly enabled.
+        (("SLUICE_WORKER_KINDS", "sluice.hold"), "sluice.hold"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
             .env_clear()

@@ -6,14 +6,18 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
 use crate::error::{Error, Result};
-use crate::model::{validate_kind, FailOutcome, Failure, KindLease, Lease, LeasedJob, Rescued};
+use crate::model::{
+    validate_kind, Backoff, FailOutcome, Failure, KindLease, KindRetry, Lease, LeasedJob, Rescued,
+};
 
 use super::{DONE_IDS_PER_STATEMENT, REQUEUE_STATE};
 
 /// Leases up to `limit` runnable jobs of the given kinds in one statement: locks them with
 /// `FOR UPDATE SKIP LOCKED` (concurrent leasers never wait on, or get, each other's rows),
 /// moves them to `processing`, counts the attempt, and stamps the lease: `leased_by`,
-/// `leased_at`, `lease_expires_at` from the kind's timeout, and a fresh fencing token.
+/// `leased_at`, `lease_expires_at` from the kind's timeout, and a fresh fencing token:
+/// 64 random bits (`sluice_new_lease_token()`, migration 2), so no crash or failover can
+/// hand out a value again the way a rolled-back sequence could.
 ///
 /// Jobs of kinds paused through the API/CLI are skipped even if still `queued` (an enqueue
 /// that raced the pause). Higher priority first, then oldest `run_at`.
@@ -59,7 +63,7 @@ pub async fn lease_jobs(
                 leased_by = $1,
                 leased_at = now(),
                 lease_expires_at = now() + t.timeout_ms * interval '1 millisecond',
-                lease_token = nextval('jobs_lease_token_seq'),
+                lease_token = sluice_new_lease_token(),
                 updated_at = now()
            FROM claimed c
            JOIN unnest($2::text[], $3::int8[]) AS t(kind, timeout_ms) ON t.kind = c.kind
@@ -218,13 +222,48 @@ pub async fn extend_leases(
     .await?)
 }
 
-/// Takes back up to `limit` jobs whose lease expired (their worker died or hung): back to
-/// `queued` (the crashed attempt counts), or `failed` once out of attempts. Safe for many
-/// workers to run at once: each expired row is locked by exactly one of them.
+/// Takes back up to `limit` jobs whose lease expired (their worker died or hung), using
+/// the rows' own settings. See [`rescue_expired_leases_for`].
 pub async fn rescue_expired_leases(
     exec: impl PgExecutor<'_>,
     limit: usize,
 ) -> Result<Vec<Rescued>> {
+    rescue_expired_leases_for(exec, limit, &[]).await
+}
+
+/// Takes back up to `limit` jobs whose lease expired (their worker died or hung): back to
+/// `queued` (or `paused`) after the kind's backoff (the crashed attempt counts, and a job
+/// that kills its worker must not be retried at once by every other one), or `failed`
+/// once out of attempts, announced on [`super::DONE_CHANNEL`] like any other failure.
+///
+/// `kinds` carries the rescuing worker's registry, as the completer applies it: a kind's
+/// `max_attempts` caps the row's (the smaller wins) and its backoff sets the delay. Rows
+/// of kinds not in `kinds` use the row's `max_attempts` and the default backoff.
+///
+/// Safe for many workers to run at once: each expired row is locked by exactly one. At
+/// most 350 rows per call (one `sluice_done` payload).
+pub async fn rescue_expired_leases_for(
+    exec: impl PgExecutor<'_>,
+    limit: usize,
+    kinds: &[KindRetry],
+) -> Result<Vec<Rescued>> {
+    let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
+    let max_attempts: Vec<Option<i32>> = kinds.iter().map(|k| k.max_attempts).collect();
+    let base_ms: Vec<i64> = kinds
+        .iter()
+        .map(|k| k.backoff.base.as_millis() as i64)
+        .collect();
+    let max_ms: Vec<i64> = kinds
+        .iter()
+        .map(|k| k.backoff.max.as_millis() as i64)
+        .collect();
+    let default = Backoff::default();
+    // Out of attempts: the smaller of the row's and the kind's limit.
+    let spent = "j.attempts >= least(j.max_attempts, coalesce(t.max_attempts, j.max_attempts))";
+    // The backoff of `Backoff::delay`: base * 2^(attempts-1) capped at max, drawn from
+    // its upper half.
+    let delay_ms = "least(coalesce(t.base_ms, $6)::float8 * power(2::float8, least(greatest(j.attempts, 1), 63) - 1),
+                          coalesce(t.max_ms, $7)::float8) * (0.5 + random() * 0.5)";
     let sql = format!(
         "WITH expired AS MATERIALIZED (
              SELECT id FROM jobs
@@ -233,21 +272,37 @@ pub async fn rescue_expired_leases(
               LIMIT $1
                 FOR UPDATE SKIP LOCKED
          ), prev AS (
-             SELECT j.id, j.leased_by FROM jobs j JOIN expired e USING (id)
+             SELECT j.id, j.kind, j.leased_by FROM jobs j JOIN expired e USING (id)
+         ), t AS (
+             SELECT * FROM unnest($2::text[], $3::int4[], $4::int8[], $5::int8[])
+                      AS t(kind, max_attempts, base_ms, max_ms)
+         ), changed AS (
+             UPDATE jobs j
+                SET state = CASE WHEN {spent} THEN 'failed' ELSE {REQUEUE_STATE} END,
+                    run_at = CASE WHEN {spent} THEN j.run_at
+                                  ELSE now() + ({delay_ms}) * interval '1 millisecond' END,
+                    last_error = 'lease expired at ' || j.lease_expires_at || ' (held by ' || coalesce(j.leased_by, '?') || ')',
+                    finished_at = CASE WHEN {spent} THEN now() END,
+                    leased_by = CASE WHEN {spent} THEN j.leased_by END,
+                    leased_at = CASE WHEN {spent} THEN j.leased_at END,
+                    lease_expires_at = NULL, lease_token = NULL, updated_at = now()
+               FROM prev LEFT JOIN t ON t.kind = prev.kind
+              WHERE j.id = prev.id AND j.state = 'processing' AND j.lease_expires_at < now()
+             RETURNING j.id, j.kind, j.state, prev.leased_by
+         ), told AS (
+             SELECT pg_notify('sluice_done', string_agg(id::text, ','))
+               FROM changed WHERE state = 'failed' HAVING count(*) > 0
          )
-         UPDATE jobs j
-            SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE {REQUEUE_STATE} END,
-                last_error = 'lease expired at ' || j.lease_expires_at || ' (held by ' || coalesce(j.leased_by, '?') || ')',
-                finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-                leased_by = CASE WHEN j.attempts >= j.max_attempts THEN j.leased_by END,
-                leased_at = CASE WHEN j.attempts >= j.max_attempts THEN j.leased_at END,
-                lease_expires_at = NULL, lease_token = NULL, updated_at = now()
-           FROM prev
-          WHERE j.id = prev.id AND j.state = 'processing' AND j.lease_expires_at < now()
-         RETURNING j.id, j.kind, j.state, prev.leased_by"
+         SELECT * FROM changed WHERE (SELECT count(*) FROM told) >= 0"
     );
     Ok(sqlx::query_as(&sql)
-        .bind(limit as i64)
+        .bind(limit.min(DONE_IDS_PER_STATEMENT) as i64)
+        .bind(&names)
+        .bind(&max_attempts)
+        .bind(&base_ms)
+        .bind(&max_ms)
+        .bind(default.base.as_millis() as i64)
+        .bind(default.max.as_millis() as i64)
         .fetch_all(exec)
         .await?)
 }
@@ -265,6 +320,25 @@ pub async fn find_next_wakeup(
     .bind(kinds)
     .fetch_one(exec)
     .await?)
+}
+
+/// How long until the next scheduled job of these kinds becomes runnable, measured on the
+/// database's clock (`run_at - now()` in the database), so a worker whose clock is off
+/// still wakes on time. Only rows not yet due count (those are the lease round's; a due
+/// row of a paused kind must not hide a later one). `None` if nothing is scheduled.
+pub async fn find_next_run_delay(
+    exec: impl PgExecutor<'_>,
+    kinds: &[&str],
+) -> Result<Option<std::time::Duration>> {
+    let ms: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM (SELECT min(run_at) FROM jobs
+                                     WHERE state = 'queued' AND kind = ANY($1::text[]) AND run_at > now())
+                                  - now())::float8 * 1000",
+    )
+    .bind(kinds)
+    .fetch_one(exec)
+    .await?;
+    Ok(ms.map(|ms| std::time::Duration::from_micros((ms.max(0.0) * 1000.0) as u64)))
 }
 
 /// Records the kinds a worker can run, so operators can pause a kind before any job of it

@@ -32,15 +32,22 @@
 //!    └──────► paused ◄─────┘ │ pause          │  │  └──────────────────────► queued (or paused)
 //!              │   resume    │                │  │ fail, permanent or out of attempts
 //!              └─────────────┘                │  └─────────────────────────► failed
-//!                                             │ lease expired (rescue): queued (or paused) | failed
+//!                                             │ lease expired (rescue): queued (or paused), after the kind's backoff | failed
 //!                                             │ release (operator): queued (or paused)
-//!  cancel: queued | paused | processing ──► cancelled
+//!  cancel: queued | paused | processing ──► cancelled   (from processing: `sluice_cancel` tells the worker)
 //!  retry:  failed | cancelled ──► queued (or paused), attempts reset
 //! ```
 //!
 //! Every arrow is one SQL statement. An arrow out of `processing` taken by a worker names
 //! the lease token in its `WHERE`; one taken by an operator or the rescuer clears the token,
-//! which fences off the old lease's late answer.
+//! which fences off the old lease's late answer. Tokens are 64 random bits per lease
+//! (migration 2), so no crash or failover can hand the same value out again.
+//!
+//! A worker's answers for one batch of jobs (complete, fail, interrupt) commit together,
+//! in one transaction, and a job counts as the worker's (heartbeated) until they have.
+//! A job whose outcome failed or was put back wakes listeners through the triggers; one
+//! that reached a terminal state (completed, failed by a worker or the rescuer,
+//! cancelled) is announced on [`DONE_CHANNEL`].
 
 mod admin;
 mod enqueue;
@@ -54,14 +61,17 @@ pub use read::*;
 
 /// Channel the workers LISTEN on for runnable jobs (sent by the migration's triggers).
 pub const JOBS_CHANNEL: &str = "sluice_jobs";
+/// Channel carrying `<id>:<lease token>` of a processing job that was cancelled (sent by
+/// migration 2's trigger), so the worker holding that lease stops its handler at once.
+pub const CANCEL_CHANNEL: &str = "sluice_cancel";
 /// Channel carrying comma-separated ids of jobs that reached a terminal state, for
 /// long-polling readers (`GET /v1/jobs/{id}?wait=`).
 pub const DONE_CHANNEL: &str = "sluice_done";
 /// Most jobs accepted by one batch enqueue (SPEC.md §4).
 pub const MAX_BATCH: usize = 1000;
-/// Ids per `sluice_done` notification: NOTIFY payloads must stay under 8000 bytes, and
+/// Ids per `sluice_done` notification (and so jobs per answering statement): NOTIFY payloads must stay under 8000 bytes, and
 /// an id is at most 20 bytes with its comma.
-const DONE_IDS_PER_STATEMENT: usize = 350;
+pub const DONE_IDS_PER_STATEMENT: usize = 350;
 
 /// SQL for "the state a job goes back to when it may run again": `paused` while its kind
 /// is paused through the API/CLI, else `queued`.

@@ -198,3 +198,124 @@ pub fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Holds Postgres advisory lock `key` on a connection of its own: a `sluice.hold` job with
+/// `{"key": key}` runs until [`HeldLock::release`] (or the drop of this value).
+pub struct HeldLock {
+    conn: Option<sqlx::PgConnection>,
+    key: i64,
+}
+
+impl HeldLock {
+    pub async fn take(opts: &PgConnectOptions, key: i64) -> HeldLock {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect_with(opts).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        HeldLock {
+            conn: Some(conn),
+            key,
+        }
+    }
+
+    /// Lets the held jobs finish.
+    pub async fn release(mut self) {
+        use sqlx::Connection;
+        if let Some(mut conn) = self.conn.take() {
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+}
+
+/// Waits until `/health/ready` answers `status`, failing after `limit`.
+pub async fn wait_ready_status(w: &Worker, status: u16, body: &str, limit: Duration) {
+    let url = format!("http://127.0.0.1:{}/health/ready", w.port);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(r) = client
+            .get(&url)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+        {
+            if r.status() == status && r.text().await.unwrap_or_default() == body {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness never answered {status} {body} within {limit:?}: {}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A Postgres cluster of the test's own (via `scripts/pg.sh` with a private data folder
+/// and port), for tests that stop the database: never the shared one.
+pub struct PrivateCluster {
+    dir: std::path::PathBuf,
+    port: String,
+    pub url: String,
+}
+
+impl PrivateCluster {
+    pub fn start(name: &str) -> PrivateCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-pgtest-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let mut c = PrivateCluster {
+            dir,
+            port: free_port().to_string(),
+            url: String::new(),
+        };
+        c.url = c.pg("start");
+        c
+    }
+
+    pub fn pg(&self, cmd: &str) -> String {
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh"))
+            .arg(cmd)
+            .env("SLUICE_PGDATA", &self.dir)
+            .env("SLUICE_PGPORT", &self.port)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub async fn migrated_pool(&self) -> PgPool {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.url)
+            .await
+            .unwrap();
+        sluice_common::db::migrate(&pool).await.unwrap();
+        pool
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh"))
+            .arg("destroy")
+            .env("SLUICE_PGDATA", &self.dir)
+            .env("SLUICE_PGPORT", &self.port)
+            .output();
+    }
+}

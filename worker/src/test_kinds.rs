@@ -1,0 +1,101 @@
+//! Kinds for tests, registered only when `SLUICE_WORKER_TEST_KINDS=on` (never by
+//! default: a production worker must not run jobs that wait on arbitrary locks or files).
+//! They let a test hold a job at a point it controls and release it by an event, instead
+//! of guessing with sleeps how long a job will take on a loaded machine.
+//!
+//! - `sluice.hold` — `{"key": N}`: runs until Postgres advisory lock `N` is free (the test
+//!   holds `pg_advisory_lock(N)` on a connection of its own and unlocks it to let the job
+//!   finish); or `{"file": "/path"}`: runs until that file exists (for tests that stop
+//!   the database meanwhile). Checks every 50 ms; stops early on the shutdown or
+//!   cancellation signal and reports itself interrupted, like `sluice.sleep` — unless
+//!   the payload also says `"deaf": true`: then it ignores the signal, like a handler
+//!   that never checks it, so a test can see the worker abort it.
+//! - `sluice.record` — `{"ms": N}`: inserts `(job_id, attempt, pid)` into the table
+//!   `sluice_test_runs`, which the test creates, then sleeps `N` ms like `sluice.sleep`.
+//!   A test counts deliveries per job with it.
+
+use std::{path::PathBuf, time::Duration};
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::registry::{Handler, JobContext, JobError, Sleep};
+
+/// How often `sluice.hold` checks whether it may finish.
+const HOLD_STEP: Duration = Duration::from_millis(50);
+
+/// `sluice.hold`.
+#[derive(Debug)]
+pub struct Hold {
+    /// For the advisory-lock check (one short statement per step, no connection held).
+    pub pool: PgPool,
+}
+
+impl Handler for Hold {
+    fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let key = ctx.payload.get("key").and_then(Value::as_i64);
+            let file = ctx
+                .payload
+                .get("file")
+                .and_then(Value::as_str)
+                .map(PathBuf::from);
+            if key.is_none() && file.is_none() {
+                return Err(JobError::Permanent(
+                    "sluice.hold needs a payload {\"key\": N} or {\"file\": \"/path\"}".into(),
+                ));
+            }
+            let deaf = ctx.payload.get("deaf").and_then(Value::as_bool) == Some(true);
+            let never = tokio_util::sync::CancellationToken::new();
+            let signal = if deaf { &never } else { &ctx.shutdown };
+            loop {
+                if signal.is_cancelled() {
+                    return Err(JobError::Interrupted("shutdown signal while held".into()));
+                }
+                let free = match (&file, key) {
+                    (Some(f), _) => f.exists(),
+                    (None, Some(k)) => {
+                        sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_xact_lock_shared($1)")
+                            .bind(k)
+                            .fetch_one(&pool)
+                            .await
+                            .unwrap_or(false)
+                    }
+                    (None, None) => unreachable!("checked above"),
+                };
+                if free {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = signal.cancelled() => {}
+                    _ = tokio::time::sleep(HOLD_STEP) => {}
+                }
+            }
+        })
+    }
+}
+
+/// `sluice.record`.
+#[derive(Debug)]
+pub struct Record {
+    /// To write the run record.
+    pub pool: PgPool,
+}
+
+impl Handler for Record {
+    fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            sqlx::query("INSERT INTO sluice_test_runs (job_id, attempt, pid) VALUES ($1, $2, $3)")
+                .bind(ctx.id)
+                .bind(ctx.attempt)
+                .bind(std::process::id() as i32)
+                .execute(&pool)
+                .await
+                .map_err(|e| JobError::retryable(format!("recording the run: {e}")))?;
+            Sleep.run(ctx).await
+        })
+    }
+}
