@@ -68,6 +68,8 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 async fn run_command(cli: Cli) -> Result<(), CliError> {
+    // A bad URL or an unreadable `sslrootcert` is a usage error, named as such.
+    sluice_common::db::connect_options(&cli.db).map_err(CliError::Usage)?;
     // One connection is all a command needs; `wait-drained` polls on it.
     let pool = sluice_common::db::connect_lazy(&cli.db, "sluicectl", 2)
         .map_err(|e| CliError::Usage(format!("DATABASE_URL is not a valid Postgres URL: {e}")))?;

@@ -14,6 +14,7 @@
 //! - [`metrics`]: the Prometheus registry (with build info) and the `/metrics` route.
 //! - [`listen`]: LISTEN/NOTIFY wakeups that survive a Postgres restart.
 //! - [`telemetry`]: logs (JSON or pretty), OTLP trace export, `traceparent` propagation.
+//! - [`sd_notify`]: `READY=1` / `STOPPING=1` to systemd (`Type=notify`), for both services.
 //! - [`shutdown`]: SIGTERM/SIGINT as a soft and a hard cancellation token.
 //! - [`error`]: the crate's one error type.
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod listen;
 pub mod metrics;
 pub mod model;
+pub mod sd_notify;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
