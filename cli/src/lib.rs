@@ -51,14 +51,14 @@ pub struct Ctx {
 /// `error: ...` line.
 pub async fn run(cli: Cli) -> i32 {
     let describe = error::describe_database(&cli.db.database_url);
-    let url = cli.db.database_url.clone();
+    let db = cli.db.clone();
     let result = run_command(cli).await;
     match result {
         Ok(()) => 0,
         Err(err) => {
             let err = err.with_database(&describe);
             let err = match err {
-                CliError::Unreachable { .. } => error::with_connect_cause(err, &url).await,
+                CliError::Unreachable { .. } => error::with_connect_cause(err, &db).await,
                 other => other,
             };
             eprintln!("error: {err}");

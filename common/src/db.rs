@@ -10,8 +10,12 @@
 //!   insists on TLS but, as in libpq, does not check the certificate — unless
 //!   `sslrootcert` is given, in which case it verifies the chain like `verify-ca` (libpq's
 //!   rule, applied here because sqlx does not).
-//! - `verify-ca` checks the chain against the trust anchors but not the host name;
-//!   `verify-full` checks both (a `127.0.0.1` host is matched against IP SANs).
+//! - `verify-ca` checks the chain against the trust anchors, `verify-full` also the host
+//!   name (a `127.0.0.1` host is matched against IP SANs). Known deviation: with sqlx 0.8.6
+//!   and rustls >= 0.23.24, `verify-ca` *also* checks the host name (sqlx's
+//!   NoHostnameTlsVerifier misses rustls' `NotValidForNameContext`, launchbadge/sqlx#3793,
+//!   fixed for sqlx 0.9): it fails closed, with `certificate not valid for name …` in the
+//!   error. `scripts/test.d/30-tls.sh` pins this so an upgrade that fixes it is noticed.
 //! - Trust anchors are the Mozilla roots built in plus the certificates of `sslrootcert`
 //!   (sqlx adds the file to the roots rather than replacing them, which differs from libpq
 //!   only in also trusting public CAs). `sslrootcert=system` is not supported.
