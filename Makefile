@@ -16,13 +16,14 @@ if [ -z "$$url" ]; then \
 fi
 endef
 
-.PHONY: help run test lint fmt migrate db db-up db-stop build release bench soak toolchain
+.PHONY: help run test lint fmt migrate db db-up db-stop build release bench soak toolchain unused-deps
 
 help:
 	@echo "make run      - start a private Postgres (if DATABASE_URL is unset), migrate, run API + worker"
 	@echo "make test     - fmt check, clippy -D warnings, all tests against a private Postgres"
 	@echo "make migrate  - apply migrations"
 	@echo "make lint     - fmt check and clippy"
+	@echo "make unused-deps - cargo machete (installs it first if needed)"
 	@echo "make bench    - benchmarks (prints figures beside targets)"
 	@echo "make db       - start the private Postgres and print its URL; make db-stop stops it"
 
@@ -51,6 +52,12 @@ fmt:
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Not part of `lint`: installing cargo-machete from crates.io compiles it (minutes on a
+# small machine), which would add that to every CI run. Run it when dependencies change.
+unused-deps:
+	@command -v cargo-machete >/dev/null || $(CARGO) install --locked cargo-machete
+	cargo machete
 
 migrate: release
 	@$(db_url); DATABASE_URL="$$url" target/release/sluicectl migrate
