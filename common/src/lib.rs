@@ -3,9 +3,10 @@
 //! # Layout
 //!
 //! - [`config`]: settings shared by every binary (database, logging), the duration syntax
-//!   (`500ms`, `30s`, `5m`), and the rule that bad config exits 2 with one line naming the
-//!   variable.
-//! - [`db`]: the connection pool (statement timeout, acquire timeout) and the embedded
+//!   (`500ms`, `30s`, `5m`, `7d`, `1m30s`), and the rule that bad config exits 2 with one
+//!   line naming the variable.
+//! - [`db`]: the connection pool (TLS, statement timeout, acquire timeout), the database
+//!   and schema check behind readiness, and the embedded
 //!   migrations of `migrations/`.
 //! - [`model`]: job states, rows, inputs and their validation, retry backoff.
 //! - [`storage`]: every SQL statement Sluice runs, one function each, named for what it
