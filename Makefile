@@ -5,16 +5,25 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 PG := scripts/pg.sh
-# The private cluster's URL unless the caller brings a database.
-DB_URL = $(if $(DATABASE_URL),$(DATABASE_URL),$(shell $(PG) start))
+# Sets the shell variable `url` in a recipe: $(DATABASE_URL) when the caller brings a
+# database, else the private cluster's, started on demand. When the cluster cannot start,
+# the recipe stops right there (pg.sh has said why in one line) instead of running on with
+# an empty DATABASE_URL.
+define db_url
+url='$(DATABASE_URL)'; \
+if [ -z "$$url" ]; then \
+  url=$$($(PG) start) || { echo "make: stopping: no database (scripts/pg.sh start failed)" >&2; exit 1; }; \
+fi
+endef
 
-.PHONY: help run test lint fmt migrate db db-stop build release bench soak toolchain
+.PHONY: help run test lint fmt migrate db db-up db-stop build release bench soak toolchain unused-deps
 
 help:
 	@echo "make run      - start a private Postgres (if DATABASE_URL is unset), migrate, run API + worker"
 	@echo "make test     - fmt check, clippy -D warnings, all tests against a private Postgres"
 	@echo "make migrate  - apply migrations"
 	@echo "make lint     - fmt check and clippy"
+	@echo "make unused-deps - cargo machete (installs it first if needed)"
 	@echo "make bench    - benchmarks (prints figures beside targets)"
 	@echo "make db       - start the private Postgres and print its URL; make db-stop stops it"
 
@@ -26,6 +35,10 @@ db:
 
 db-stop:
 	@$(PG) stop
+
+# Starts the database first, so `make test` stops in seconds rather than after clippy.
+db-up:
+	@$(db_url); echo "using database $$url"
 
 build:
 	$(CARGO) build --workspace
@@ -40,11 +53,17 @@ lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-migrate: release
-	DATABASE_URL='$(DB_URL)' target/release/sluicectl migrate
+# Not part of `lint`: installing cargo-machete from crates.io compiles it (minutes on a
+# small machine), which would add that to every CI run. Run it when dependencies change.
+unused-deps:
+	@command -v cargo-machete >/dev/null || $(CARGO) install --locked cargo-machete
+	cargo machete
 
-test: lint
-	@url='$(DB_URL)'; echo "using database $$url"; \
+migrate: release
+	@$(db_url); DATABASE_URL="$$url" target/release/sluicectl migrate
+
+test: db-up lint
+	@$(db_url); \
 	DATABASE_URL="$$url" $(CARGO) test --workspace --all-targets 2>&1 | tee .test-output.log; \
 	status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || exit $$status; \
 	checks=0; \
@@ -57,13 +76,13 @@ test: lint
 	echo "cargo tests: $$passed passed; checks in scripts/test.d: $$checks passed"; \
 	echo "summary: $$((passed + checks)) passed, 0 failed"
 
-run: release
-	@url='$(DB_URL)'; \
+run: db-up release
+	@$(db_url); \
 	DATABASE_URL="$$url" target/release/sluicectl migrate && \
 	DATABASE_URL="$$url" scripts/run-local.sh
 
-bench: release
-	@url='$(DB_URL)'; DATABASE_URL="$$url" scripts/bench.sh
+bench: db-up release
+	@$(db_url); DATABASE_URL="$$url" scripts/bench.sh
 
-soak: release
-	@url='$(DB_URL)'; DATABASE_URL="$$url" scripts/soak.sh
+soak: db-up release
+	@$(db_url); DATABASE_URL="$$url" scripts/soak.sh

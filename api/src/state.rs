@@ -5,13 +5,16 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
     },
     time::{Duration, Instant},
 };
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
-use sluice_common::{metrics, JobClient};
+use sluice_common::{
+    db::{DatabaseCheck, DbStatus, TlsSettings},
+    metrics, JobClient,
+};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +49,11 @@ impl AppState {
         let readiness = Readiness::new(metrics.shutting_down.clone());
         let client = JobClient::new(pool.clone());
         let waiters = Waiters::start(pool.clone(), background.clone());
-        readiness.spawn_database_check(pool.clone(), background.clone());
+        readiness.spawn_database_check(
+            pool.clone(),
+            settings.database_tls.clone(),
+            background.clone(),
+        );
         AppState {
             batcher: Batcher::start(pool),
             client,
@@ -65,28 +72,55 @@ impl AppState {
 pub struct Readiness {
     /// Set once, the instant SIGTERM arrives.
     draining: Arc<AtomicBool>,
-    /// Result of the latest background `SELECT 1`.
-    database_ok: Arc<AtomicBool>,
+    /// Result of the latest background check (reachable, and the schema this binary
+    /// needs is applied). A probe reads it; it never queries the database itself.
+    database: Arc<RwLock<DbStatus>>,
     /// `sluice_shutting_down`, flipped together with `draining`.
     gauge: IntGauge,
 }
 
 /// What `/health/ready` says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadyStatus {
     /// Serving.
     Ready,
     /// SIGTERM arrived.
     Draining,
-    /// The last database check failed.
-    DatabaseUnavailable,
+    /// The last database check did not pass: unreachable, TLS or auth failure, or the
+    /// schema is missing or older than this binary.
+    NotReady(DbStatus),
 }
+
+impl ReadyStatus {
+    /// The `status` word of the readiness body.
+    pub fn word(&self) -> &'static str {
+        match self {
+            ReadyStatus::Ready => "ready",
+            ReadyStatus::Draining => "draining",
+            ReadyStatus::NotReady(db) => db.status(),
+        }
+    }
+
+    /// Why it is not ready, when a database check said so.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            ReadyStatus::NotReady(db) => db.reason(),
+            _ => None,
+        }
+    }
+}
+
+/// How often the background check runs; readiness lags a database change by at most this
+/// plus one check's timeout.
+const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Readiness {
     fn new(gauge: IntGauge) -> Self {
         Readiness {
             draining: Arc::new(AtomicBool::new(false)),
-            database_ok: Arc::new(AtomicBool::new(false)),
+            database: Arc::new(RwLock::new(DbStatus::Unavailable(
+                "starting: the first database check has not finished".into(),
+            ))),
             gauge,
         }
     }
@@ -100,31 +134,31 @@ impl Readiness {
     /// The current answer.
     pub fn status(&self) -> ReadyStatus {
         if self.draining.load(Ordering::SeqCst) {
-            ReadyStatus::Draining
-        } else if !self.database_ok.load(Ordering::Relaxed) {
-            ReadyStatus::DatabaseUnavailable
-        } else {
-            ReadyStatus::Ready
+            return ReadyStatus::Draining;
+        }
+        match self.database.read() {
+            Ok(db) if *db == DbStatus::Ready => ReadyStatus::Ready,
+            Ok(db) => ReadyStatus::NotReady(db.clone()),
+            Err(_) => ReadyStatus::NotReady(DbStatus::Unavailable("internal: poisoned".into())),
         }
     }
 
-    fn spawn_database_check(&self, pool: PgPool, stop: CancellationToken) {
-        let ok = self.database_ok.clone();
+    fn spawn_database_check(&self, pool: PgPool, tls: TlsSettings, stop: CancellationToken) {
+        let database = self.database.clone();
         tokio::spawn(async move {
+            // Logs each change of answer once (DatabaseCheck remembers the last one).
+            let mut check = DatabaseCheck::new(pool, tls);
             loop {
-                let result = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool),
-                )
-                .await;
-                let now_ok = matches!(result, Ok(Ok(_)));
-                let was_ok = ok.swap(now_ok, Ordering::Relaxed);
-                if was_ok && !now_ok {
-                    tracing::warn!("database check failed; reporting not ready");
+                let status = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    status = check.check() => status,
+                };
+                if let Ok(mut slot) = database.write() {
+                    *slot = status;
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = tokio::time::sleep(CHECK_INTERVAL) => {}
                 }
             }
         });

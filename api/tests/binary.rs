@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-api");
-const ENQ: &str = "enq-secret";
-const ADM: &str = "adm-secret";
+const ENQ: &str = "enq-secret-0123456789";
+const ADM: &str = "adm-secret-0123456789";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -402,29 +402,29 @@ async fn a_second_signal_exits_at_once(pool: PgPool) {
 
 #[test]
 fn bad_configuration_exits_2_naming_the_variable() {
-    let cases: [(&str, &[(&str, &str)]); 5] = [
+    const OK: &str = "admin:0123456789abcdef0123";
+    let cases: [(&str, &[(&str, &str)]); 7] = [
         ("SLUICE_API_TOKENS", &[]),
-        ("SLUICE_API_TOKENS", &[("SLUICE_API_TOKENS", "root:secret")]),
+        (
+            "SLUICE_API_TOKENS",
+            &[("SLUICE_API_TOKENS", "root:secret-0123456789")],
+        ),
+        (
+            "SLUICE_API_TOKENS",
+            &[("SLUICE_API_TOKENS", "admin:REPLACE_ME_ADMIN_TOKEN")],
+        ),
+        ("SLUICE_API_TOKENS", &[("SLUICE_API_TOKENS", "admin:")]),
         (
             "SLUICE_DRAIN_DELAY",
-            &[
-                ("SLUICE_API_TOKENS", "admin:x"),
-                ("SLUICE_DRAIN_DELAY", "soon"),
-            ],
+            &[("SLUICE_API_TOKENS", OK), ("SLUICE_DRAIN_DELAY", "soon")],
         ),
         (
             "SLUICE_API_ADDR",
-            &[
-                ("SLUICE_API_TOKENS", "admin:x"),
-                ("SLUICE_API_ADDR", "nowhere"),
-            ],
+            &[("SLUICE_API_TOKENS", OK), ("SLUICE_API_ADDR", "nowhere")],
         ),
         (
             "SLUICE_API_BODY_LIMIT",
-            &[
-                ("SLUICE_API_TOKENS", "admin:x"),
-                ("SLUICE_API_BODY_LIMIT", "huge"),
-            ],
+            &[("SLUICE_API_TOKENS", OK), ("SLUICE_API_BODY_LIMIT", "huge")],
         ),
     ];
     for (var, env) in cases {
@@ -440,5 +440,166 @@ fn bad_configuration_exits_2_naming_the_variable() {
         assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
         assert!(stderr.contains(var), "{var}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        // A secret never reaches the log, whatever is wrong with it.
+        for (k, v) in env {
+            if *k == "SLUICE_API_TOKENS" {
+                let secret = v.rsplit(':').next().unwrap();
+                assert!(
+                    secret.is_empty() || !stderr.contains(secret),
+                    "{stderr} quotes the token"
+                );
+            }
+        }
     }
+}
+
+impl Api {
+    /// Polls readiness until `pred` holds for its status code and body.
+    async fn wait_readiness(&self, what: &str, pred: impl Fn(u16, &Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/health/ready", self.base))
+                .send()
+                .await
+            {
+                let code = r.status().as_u16();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                if pred(code, &body) {
+                    return body;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readiness never {what}; last lines of the log: {:?}",
+                self.log().iter().rev().take(20).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn readiness_says_schema_missing_on_an_unmigrated_database_until_it_is_migrated(
+    pool: PgPool,
+) {
+    let api = Api::spawn(&db_url(&pool), &[]);
+    // The first completed check reports the missing schema (with what to do about it)
+    // instead of 200 over a database where every enqueue would fail.
+    let body = api
+        .wait_readiness("schema_missing", |code, body| {
+            assert_ne!(code, 200, "ready on an unmigrated database: {body}");
+            body["status"] == "schema_missing"
+        })
+        .await;
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("sluicectl migrate"),
+        "{body}"
+    );
+    api.wait_log("DATABASE_URL: the database has no Sluice schema")
+        .await;
+
+    MIGRATOR.run(&pool).await.unwrap();
+    api.wait_readiness("ready after migrating", |code, body| {
+        if code != 200 {
+            assert!(
+                body["status"] == "schema_missing",
+                "unexpected readiness while migrating: {body}"
+            );
+        }
+        code == 200
+    })
+    .await;
+    api.wait_log("database reachable and migrated").await;
+    // The change was logged once, not once per check.
+    let warnings = api
+        .log()
+        .iter()
+        .filter(|l| l.contains("has no Sluice schema"))
+        .count();
+    assert_eq!(warnings, 1, "{:?}", api.log());
+}
+
+#[sqlx::test(migrations = false)]
+async fn readiness_says_schema_outdated_when_the_database_is_older_than_the_binary(pool: PgPool) {
+    // An older release's schema: the migrations table ends at an older version.
+    MIGRATOR.run(&pool).await.unwrap();
+    let newest = sluice_common::db::required_schema_version();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(newest)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (1, 'an older release', true, '\\x00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let api = Api::spawn(&db_url(&pool), &[]);
+    let body = api
+        .wait_readiness("schema_outdated", |code, body| {
+            assert_ne!(code, 200, "ready on an outdated schema: {body}");
+            body["status"] == "schema_outdated"
+        })
+        .await;
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&newest.to_string()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_names_the_reason_when_the_database_is_unreachable() {
+    let api = Api::spawn("postgres://postgres@127.0.0.1:1/none", &[]);
+    let body = api
+        .wait_readiness("database_unavailable with a reason", |_, body| {
+            body["status"] == "database_unavailable"
+                && body["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("connect:"))
+        })
+        .await;
+    assert!(
+        body["reason"].as_str().unwrap().contains("refused"),
+        "{body}"
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn systemd_hears_ready_then_stopping_from_the_api(pool: PgPool) {
+    let path = std::env::temp_dir().join(format!(
+        "sluice-api-notify-{}-{}.sock",
+        std::process::id(),
+        free_port()
+    ));
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut api = Api::spawn(&db_url(&pool), &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    // READY=1 means the listener is bound: the API answers right away.
+    let r = api
+        .http
+        .get(format!("{}/health/live", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    api.wait_ready().await;
+    api.signal("-TERM");
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(api.wait_exit(Duration::from_secs(20)).await, 0);
+    let _ = std::fs::remove_file(path);
 }

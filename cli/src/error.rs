@@ -118,29 +118,37 @@ fn from_sqlx(err: sqlx::Error) -> CliError {
 }
 
 /// The pool only says it timed out; one direct attempt (bounded at 2 s) tells the operator
-/// why: connection refused, unknown host, password rejected.
-pub async fn with_connect_cause(err: CliError, url: &str) -> CliError {
+/// why: connection refused, unknown host, password rejected, a TLS failure (named with its
+/// `sslmode` / `sslrootcert`, which then replaces the pool's vaguer words).
+pub async fn with_connect_cause(err: CliError, db: &sluice_common::config::DbArgs) -> CliError {
     use sqlx::Connection;
     let CliError::Unreachable { where_, detail } = err else {
         return err;
     };
+    let Ok((options, tls)) = sluice_common::db::connect_options(db) else {
+        return CliError::Unreachable { where_, detail };
+    };
     let attempt = tokio::time::timeout(
         std::time::Duration::from_secs(2),
-        sqlx::PgConnection::connect(url),
+        sqlx::PgConnection::connect_with(&options),
     )
     .await;
-    let cause = match attempt {
-        Ok(Err(e)) => format!(" ({e})"),
+    let detail = match attempt {
+        Ok(Err(e)) => {
+            let cause = sluice_common::db::describe_error(&e, &tls);
+            if cause.starts_with("tls:") || cause.starts_with("auth:") {
+                cause
+            } else {
+                format!("{detail} ({e})")
+            }
+        }
         Ok(Ok(conn)) => {
             let _ = conn.close().await;
-            String::new()
+            detail
         }
-        Err(_) => " (no answer within 2s)".into(),
+        Err(_) => format!("{detail} (no answer within 2s)"),
     };
-    CliError::Unreachable {
-        where_,
-        detail: format!("{detail}{cause}"),
-    }
+    CliError::Unreachable { where_, detail }
 }
 
 /// `host:port/database` of a connection string, without user or password; empty if the

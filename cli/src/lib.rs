@@ -51,14 +51,14 @@ pub struct Ctx {
 /// `error: ...` line.
 pub async fn run(cli: Cli) -> i32 {
     let describe = error::describe_database(&cli.db.database_url);
-    let url = cli.db.database_url.clone();
+    let db = cli.db.clone();
     let result = run_command(cli).await;
     match result {
         Ok(()) => 0,
         Err(err) => {
             let err = err.with_database(&describe);
             let err = match err {
-                CliError::Unreachable { .. } => error::with_connect_cause(err, &url).await,
+                CliError::Unreachable { .. } => error::with_connect_cause(err, &db).await,
                 other => other,
             };
             eprintln!("error: {err}");
@@ -68,6 +68,8 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 async fn run_command(cli: Cli) -> Result<(), CliError> {
+    // A bad URL or an unreadable `sslrootcert` is a usage error, named as such.
+    sluice_common::db::connect_options(&cli.db).map_err(CliError::Usage)?;
     // One connection is all a command needs; `wait-drained` polls on it.
     let pool = sluice_common::db::connect_lazy(&cli.db, "sluicectl", 2)
         .map_err(|e| CliError::Usage(format!("DATABASE_URL is not a valid Postgres URL: {e}")))?;

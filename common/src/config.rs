@@ -9,52 +9,92 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
-/// Parses a duration written as a number and a unit: `500ms`, `30s`, `5m`, `1h`, `1.5s`.
+/// Units [`parse_duration`] understands, longest suffix first so `ms` is not read as `m`.
+const DURATION_UNITS: [(&str, f64); 5] = [
+    ("ms", 0.001),
+    ("s", 1.0),
+    ("m", 60.0),
+    ("h", 3600.0),
+    ("d", 86_400.0),
+];
+
+/// The longest duration accepted anywhere: a year. Longer values are almost certainly a
+/// typo (`7000d`), and `Duration` arithmetic on them would overflow `Instant`.
+const MAX_DURATION_SECS: f64 = 366.0 * 86_400.0;
+
+/// Parses a duration written as numbers with units: `500ms`, `30s`, `5m`, `2h`, `7d`,
+/// `1.5s`, and combinations such as `1m30s` or `1h 30m` (SPEC.md §2).
 ///
 /// A bare number is refused: `30` could mean seconds or milliseconds, and guessing wrong
 /// on a shutdown budget is the kind of mistake that only shows up during an incident.
+/// A unit may appear only once (`5m5m` is a typo, not ten minutes).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const HINT: &str = "write e.g. 500ms, 30s, 5m, 1m30s or 7d";
     let t = text.trim();
     if t.is_empty() {
-        return Err("empty duration; write e.g. 500ms, 30s or 5m".into());
+        return Err(format!("empty duration; {HINT}"));
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{t:?} has no unit; write e.g. 500ms, 30s or 5m"))?;
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{t:?} does not start with a number; write e.g. 500ms, 30s or 5m"))?;
-    let seconds_per_unit = match unit.trim() {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {t:?}; use ms, s, m or h"
-            ))
+    let mut rest = t;
+    let mut secs = 0.0_f64;
+    let mut seen: Vec<&str> = Vec::new();
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{t:?} has no unit after {rest:?}; {HINT}"))?;
+        let (number, after) = rest.split_at(digits);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{t:?}: {:?} is not a number; {HINT}", number))?;
+        let after = after.trim_start();
+        let (unit, per_unit) = DURATION_UNITS
+            .iter()
+            .find(|(u, _)| {
+                after.starts_with(u)
+                    && !after[u.len()..].starts_with(|c: char| c.is_ascii_alphabetic())
+            })
+            .copied()
+            .ok_or_else(|| {
+                let word: String = after
+                    .chars()
+                    .take_while(|c| !c.is_ascii_digit() && !c.is_whitespace())
+                    .collect();
+                format!("unknown unit {word:?} in {t:?}; use ms, s, m, h or d")
+            })?;
+        if seen.contains(&unit) {
+            return Err(format!("{t:?} names the unit {unit:?} twice; {HINT}"));
         }
-    };
-    let secs = value * seconds_per_unit;
-    if !secs.is_finite() || secs > 365.0 * 24.0 * 3600.0 {
-        return Err(format!("{t:?} is out of range"));
+        seen.push(unit);
+        secs += value * per_unit;
+        rest = after[unit.len()..].trim_start();
+    }
+    if !secs.is_finite() || secs > MAX_DURATION_SECS {
+        return Err(format!("{t:?} is out of range (at most 366d)"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Formats a duration the way [`parse_duration`] reads it back.
+/// Formats a duration the way [`parse_duration`] reads it back, largest units first:
+/// `90s` → `1m30s`, `7 days` → `7d`, `1500ms` → `1s500ms`, zero → `0s`.
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(3_600_000) && ms > 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
     }
+    let mut out = String::new();
+    for (unit, per) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        let n = ms / per;
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+            ms -= n * per;
+        }
+    }
+    out
 }
 
 /// Database settings, flattened into each binary's command line.
@@ -187,16 +227,39 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
     }
 
     #[test]
+    fn combined_durations_add_their_parts() {
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("1d2h3m4s5ms"),
+            Ok(Duration::from_millis(
+                86_400_000 + 2 * 3_600_000 + 3 * 60_000 + 4000 + 5
+            ))
+        );
+        assert_eq!(parse_duration("2s500ms"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration(" 24h "), Ok(Duration::from_secs(86_400)));
+    }
+
+    #[test]
     fn durations_without_a_known_unit_are_refused_with_a_reason() {
-        for bad in ["", "30", "5x", "s", "-1s", "1.2.3s", "10 years"] {
+        for bad in [
+            "", "30", "5x", "s", "-1s", "1.2.3s", "10 years", "1m30", "5m5m", "1w", "1mss", "400d",
+            "1s 2", "ms",
+        ] {
             let err = parse_duration(bad).expect_err(bad);
             assert!(!err.is_empty());
         }
+        assert!(parse_duration("5parsecs")
+            .expect_err("unknown unit")
+            .contains("parsecs"));
     }
 
     #[test]
@@ -204,11 +267,19 @@ mod tests {
         for d in [
             Duration::from_millis(1500),
             Duration::from_secs(30),
+            Duration::from_secs(90),
             Duration::from_secs(300),
+            Duration::from_secs(7 * 86_400),
+            Duration::from_secs(86_400 + 3600 + 61),
             Duration::ZERO,
         ] {
-            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{d:?}");
         }
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(format_duration(Duration::from_secs(24 * 3600)), "1d");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
     }
 
     #[derive(Debug, Parser)]

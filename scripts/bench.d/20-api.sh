@@ -22,7 +22,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 tmp=$(mktemp -d)
 DATABASE_URL="$db_url" SLUICE_API_ADDR="127.0.0.1:$port" SLUICE_METRICS_ADDR="127.0.0.1:$mport" \
-  SLUICE_API_TOKENS="enqueue:bench" SLUICE_LOG_FORMAT=json RUST_LOG=warn \
+  SLUICE_API_TOKENS="enqueue:bench-token-0123456789" SLUICE_LOG_FORMAT=json RUST_LOG=warn \
   "$bin" >"$tmp/api.log" 2>&1 &
 pid=$!
 cleanup() { kill -9 "$pid" 2>/dev/null || true; rm -rf "$tmp"; psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; }
@@ -39,7 +39,7 @@ rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 cat >"$tmp/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer bench"
+wrk.headers["Authorization"] = "Bearer bench-token-0123456789"
 wrk.body = '{"kind":"bench.noop","payload":{"n":1}}'
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %.0f %.2f %d %d\n", summary.requests / (summary.duration / 1e6),

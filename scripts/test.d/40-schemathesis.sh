@@ -25,7 +25,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 log=$(mktemp)
 DATABASE_URL="$db_url" SLUICE_API_ADDR="127.0.0.1:$port" SLUICE_METRICS_ADDR="127.0.0.1:$mport" \
-  SLUICE_API_TOKENS="admin:schemathesis:st-token" SLUICE_API_MAX_WAIT=1s SLUICE_LOG_FORMAT=json RUST_LOG=warn \
+  SLUICE_API_TOKENS="admin:schemathesis:st-token-0123456789" SLUICE_API_MAX_WAIT=1s SLUICE_LOG_FORMAT=json RUST_LOG=warn \
   "$bin" >"$log" 2>&1 &
 pid=$!
 cleanup() {
@@ -44,7 +44,7 @@ curl -fs "$base/health/ready" >/dev/null || { cat "$log"; exit 1; }
 
 status=0
 timeout 180 python3 -m schemathesis.cli run "$base/openapi.json" \
-  --header "Authorization: Bearer st-token" \
+  --header "Authorization: Bearer st-token-0123456789" \
   --checks not_a_server_error,response_schema_conformance \
   --hypothesis-max-examples 25 \
   --hypothesis-deadline 5000 \

@@ -138,7 +138,7 @@ impl Worker {
         };
 
         // Start-up: wait for the database (a worker may start before Postgres).
-        if !db::wait_for_database(&pool, &signals.soft).await {
+        if !db::wait_for_database(&pool, &config.db, &signals.soft).await {
             tracing::info!("stopped before the database was reachable");
             health_stop.cancel();
             return ExitCode::SUCCESS;

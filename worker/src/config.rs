@@ -108,6 +108,9 @@ impl Config {
         if self.kinds.iter().any(|k| k.trim().is_empty()) {
             return Err("SLUICE_WORKER_KINDS has an empty entry".into());
         }
+        // The URL parses and its `sslrootcert` is readable: a typo there is bad config
+        // (exit 2), not an outage to retry forever.
+        sluice_common::db::connect_options(&self.db)?;
         Ok(())
     }
 }

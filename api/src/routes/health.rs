@@ -16,13 +16,19 @@ async fn live() -> Json<Value> {
     Json(json!({ "status": "alive" }))
 }
 
+/// 200 `{"status":"ready"}`; 503 `draining`, or 503 `database_unavailable` /
+/// `schema_missing` / `schema_outdated` with a `reason` (e.g. `tls: …`) from the latest
+/// background check.
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let (code, status) = match state.readiness.status() {
-        ReadyStatus::Ready => (StatusCode::OK, "ready"),
-        ReadyStatus::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
-        ReadyStatus::DatabaseUnavailable => {
-            (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
-        }
+    let status = state.readiness.status();
+    let code = if status == ReadyStatus::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(json!({ "status": status })))
+    let body = match status.reason() {
+        Some(reason) => json!({ "status": status.word(), "reason": reason }),
+        None => json!({ "status": status.word() }),
+    };
+    (code, Json(body))
 }

@@ -153,3 +153,14 @@ pub async fn list_recent_audit_log(
     .fetch_all(exec)
     .await?)
 }
+
+/// The newest migration applied successfully (`None`: the migrations table has no
+/// successful row). An unmigrated database answers `undefined_table` (42P01), which
+/// [`crate::db::DatabaseCheck`] reports as `schema_missing`.
+pub async fn read_schema_version(exec: impl PgExecutor<'_>) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(exec)
+            .await?,
+    )
+}
