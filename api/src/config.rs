@@ -251,7 +251,10 @@ mod tests {
             ("admin:ops:changeme-changeme-changeme", "placeholder"),
             ("admin:", "empty"),
             ("admin:ops:   ", "empty"),
-            ("enqueue:0123456789abcdef0123,admin:changeme", "entry 2"),
+            (
+                "enqueue:0123456789abcdef0123,admin:your-token-here",
+                "entry 2",
+            ),
         ] {
             let err = parse_tokens(text).expect_err(text);
             assert!(err.contains(why), "{text}: {err}");
