@@ -99,10 +99,23 @@ fn root_cert_of(database_url: &str) -> Option<String> {
     from_url.or_else(|| std::env::var("PGSSLROOTCERT").ok())
 }
 
+/// Makes ring the process's rustls crypto provider, once. Two providers are compiled in
+/// (sqlx's rustls uses ring, the OTLP exporter's reqwest 0.13 brings aws-lc-rs), and with
+/// both present rustls refuses to guess: the first TLS handshake that relies on the
+/// process default would panic. Called before any pool or exporter is built; idempotent.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Parses `DATABASE_URL` and checks what can be checked without a network: the URL
 /// parses, `sslrootcert` names a readable PEM file. Errors are one line starting with
 /// `DATABASE_URL` and never contain the password.
 pub fn connect_options(args: &DbArgs) -> Result<(PgConnectOptions, TlsSettings), String> {
+    install_tls_provider();
     let mut options: PgConnectOptions = args
         .database_url
         .parse()

@@ -92,6 +92,7 @@ pub fn resource(service: &'static str) -> Resource {
 /// Installs the global subscriber. `service` names the process in traces unless the
 /// standard variables say otherwise. Call once.
 pub fn init(format: LogFormat, service: &'static str) -> TelemetryGuard {
+    crate::db::install_tls_provider();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
