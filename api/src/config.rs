@@ -37,7 +37,7 @@ pub struct Config {
     )]
     pub metrics_addr: SocketAddr,
 
-    /// `scope:token` or `scope:name:token`, comma-separated; scope `enqueue` or `admin`.
+    /// `scope:token` or `scope:name:token`, comma-separated; scope `read`, `enqueue` or `admin`.
     #[arg(long = "api-tokens", env = "SLUICE_API_TOKENS", value_name = "SLUICE_API_TOKENS",
           hide_env_values = true, value_parser = Tokens::parse)]
     pub tokens: Option<Tokens>,
@@ -75,6 +75,10 @@ pub struct Config {
     #[arg(long = "max-wait", env = "SLUICE_API_MAX_WAIT", value_name = "SLUICE_API_MAX_WAIT",
           default_value = "60s", value_parser = parse_duration)]
     pub max_wait: Duration,
+
+    /// The operator web UI's settings.
+    #[command(flatten)]
+    pub ui: crate::ui::UiConfig,
 }
 
 /// What the router needs from the configuration (tests build it directly).
@@ -88,6 +92,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Cap on `?wait=`, so a long-poll cannot outlive the request timeout.
     pub max_wait: Duration,
+    /// The operator web UI.
+    pub ui: crate::ui::UiSettings,
 }
 
 impl Default for Settings {
@@ -97,6 +103,7 @@ impl Default for Settings {
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(90),
             max_wait: Duration::from_secs(60),
+            ui: crate::ui::UiSettings::default(),
         }
     }
 }
@@ -112,6 +119,7 @@ impl Config {
             body_limit: self.body_limit,
             request_timeout: self.request_timeout,
             max_wait: self.max_wait.min(self.request_timeout),
+            ui: self.ui.settings(),
         }
     }
 }
