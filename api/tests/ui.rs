@@ -1078,3 +1078,23 @@ async fn the_trace_id_links_to_the_configured_tracing_ui(pool: PgPool) {
         .contains("<code>4bf92f3577b34da6a3ce929d0e0e4736</code>"));
     assert!(!page.body.contains("tempo"));
 }
+
+#[test]
+fn bad_ui_configuration_exits_2_naming_the_variable() {
+    for (var, value) in [
+        ("SLUICE_UI_TRACE_URL", "javascript:alert(1)//{trace_id}"),
+        ("SLUICE_UI_TRACE_URL", "https://tempo/trace/"),
+        ("SLUICE_UI_SESSION_TTL", "forever"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-api"))
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("SLUICE_API_TOKENS", "admin:x")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{var}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
