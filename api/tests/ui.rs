@@ -664,6 +664,16 @@ async fn an_admin_pauses_and_resumes_a_kind_audited_under_the_tokens_name(pool: 
     );
     assert_eq!(rows[0].3.as_deref(), Some("smtp down"));
     assert_eq!((rows[1].0.as_str(), rows[1].1.as_str()), ("ops", "resume"));
+    // Paused with the runbook's SQL: the kind is not paused, but Resume is offered.
+    sqlx::query("UPDATE jobs SET state='paused' WHERE state='queued' AND kind='report.build'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let overview = get(&app, "/ui", Some(&s)).await;
+    assert!(overview.body.contains("aria-label=\"Resume report.build\""));
+    let r = act(&app, &s, "/ui/kinds/resume", &[("kind", "report.build")]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(job_state(&pool, other).await, "queued");
     let r = act(&app, &s, "/ui/kinds/pause", &[("kind", "no.such.kind")]).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let audit = get(&app, "/ui/audit", Some(&s)).await;

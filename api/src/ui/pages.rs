@@ -210,11 +210,19 @@ pub async fn overview(
                                     }
                                     @if user.can_act() {
                                         td {
-                                            @let (action, label) = if r.paused_kind { ("resume", "Resume") } else { ("pause", "Pause") };
-                                            form.inline method="post" action=(format!("/ui/kinds/{action}")) {
-                                                input type="hidden" name="csrf" value=(user.csrf);
-                                                input type="hidden" name="kind" value=(r.kind);
-                                                button type="submit" aria-label=(format!("{label} {}", r.kind)) { (label) }
+                                            // Resume is also offered for jobs paused with the runbook's
+                                            // UPDATE, which leaves the kind itself unpaused.
+                                            @for (action, label, show) in [
+                                                ("pause", "Pause", !r.paused_kind),
+                                                ("resume", "Resume", r.paused_kind || r.counts.paused > 0),
+                                            ] {
+                                                @if show {
+                                                    form.inline method="post" action=(format!("/ui/kinds/{action}")) {
+                                                        input type="hidden" name="csrf" value=(user.csrf);
+                                                        input type="hidden" name="kind" value=(r.kind);
+                                                        button type="submit" aria-label=(format!("{label} {}", r.kind)) { (label) }
+                                                    }
+                                                }
                                             }
                                         }
                                     }
