@@ -1,6 +1,11 @@
 # syntax=docker/dockerfile:1
 # One image, three binaries (sluice-api, sluice-worker, sluicectl); the Kubernetes
-# Deployments pick one with `command:`. Build: docker build -t sluice .
+# Deployments pick one with `command:`. Build (the revision lands in sluice_build_info,
+# the trace resource and the OCI labels; the build context has no .git to read it from):
+#   docker build -t sluice \
+#     --build-arg SLUICE_BUILD_REVISION="$(git rev-parse HEAD)" \
+#     --build-arg SLUICE_VERSION=0.1.0 \
+#     --build-arg SLUICE_BUILD_CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
 
 # ---- builder ---------------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
@@ -27,6 +32,10 @@ RUN set -eux; \
            target/release/deps/libsluice* target/release/sluice-* target/release/sluicectl
 
 # Real sources. migrations/ is embedded into the binaries at compile time.
+# The revision is read by common/build.rs; declared here, after the dependency layer, so
+# a new revision does not invalidate the cached dependencies.
+ARG SLUICE_BUILD_REVISION=unknown
+ENV SLUICE_BUILD_REVISION=${SLUICE_BUILD_REVISION}
 COPY common common
 COPY api api
 COPY worker worker
@@ -41,6 +50,22 @@ RUN set -eux; \
 # debian-slim rather than distroless: the API's preStop hook runs /bin/sleep in the
 # container, and glibc matches the builder. Nothing else is installed.
 FROM debian:bookworm-slim AS runtime
+ARG SLUICE_BUILD_REVISION=unknown
+ARG SLUICE_VERSION=0.1.0
+ARG SLUICE_BUILD_CREATED=unknown
+LABEL org.opencontainers.image.title="sluice" \
+      org.opencontainers.image.description="Sluice: a Kubernetes-native job system (sluice-api, sluice-worker, sluicectl)" \
+      org.opencontainers.image.source="https://github.com/sluice/sluice" \
+      org.opencontainers.image.url="https://github.com/sluice/sluice" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="Sluice" \
+      org.opencontainers.image.version="${SLUICE_VERSION}" \
+      org.opencontainers.image.revision="${SLUICE_BUILD_REVISION}" \
+      org.opencontainers.image.created="${SLUICE_BUILD_CREATED}" \
+      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
+# CA roots for https OTLP endpoints and HTTP targets (rustls reads the system store),
+# copied from the builder rather than installed, so the image gains no package.
+COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=builder /out/ /usr/local/bin/
 # Numeric uid:gid so Kubernetes' runAsNonRoot can verify it without an /etc/passwd entry.
 USER 10001:10001

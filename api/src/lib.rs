@@ -27,31 +27,35 @@ pub mod waiters;
 use std::{
     net::SocketAddr,
     process::ExitCode,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{HeaderValue, StatusCode},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     Router,
 };
+use prometheus::IntGauge;
 use sluice_common::{db, shutdown::Signals, telemetry};
 use tokio::net::TcpListener;
 use tower_http::{
-    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    timeout::TimeoutLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
+use tracing::{field::Empty, Span};
 
 use crate::{
     config::{Config, Settings},
+    problem::ApiError,
     state::{AppState, Readiness},
 };
 
-/// Every route with its layers.
+/// Every route with its layers, outermost first: a request id (a UUID unless the caller
+/// sent one), the server span, the id echoed on the response, then [`observe`] (in-flight
+/// register, request timeout, metrics and the status on the span and in the log) around the
+/// body limit and the routes.
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
     Router::new()
@@ -61,75 +65,153 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::health::router())
         .merge(routes::openapi::router())
         .merge(ui::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .route_layer(middleware::from_fn(note_route))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), track_in_flight))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            settings.request_timeout,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = id);
-            if let Some(tp) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
-                if sluice_common::model::is_valid_traceparent(tp) {
-                    telemetry::set_remote_parent(&span, tp);
-                }
-            }
-            span
-        }))
-        .layer(SetRequestIdLayer::x_request_id(CounterId::default()))
+        // TraceLayer's own failure log is off: it would log every 5xx at ERROR, the
+        // readiness probe's 503 during a drain included. `observe` classifies instead.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(server_span)
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 
-/// Request ids: process start time plus a counter, unique without a random source.
-#[derive(Debug, Clone, Default)]
-struct CounterId {
-    /// Shared counter.
-    next: std::sync::Arc<AtomicU64>,
+/// The server span of one request (OpenTelemetry HTTP server conventions). The route is
+/// not known yet (routing happens inside): [`note_route`] fills in `http.route` and the
+/// `METHOD /route` name, [`observe`] the status.
+fn server_span(req: &Request) -> Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %req.method(),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %req.method(),
+        http.route = Empty,
+        http.response.status_code = Empty,
+        url.path = %req.uri().path(),
+        request_id = id,
+    );
+    if let Some(tp) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        if sluice_common::model::is_valid_traceparent(tp) {
+            telemetry::set_remote_parent(&span, tp);
+        }
+    }
+    span
 }
 
-impl MakeRequestId for CounterId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{n}", std::process::id());
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
+/// The matched route, handed from inside the router (where axum knows it) out to
+/// [`observe`] (which also sees the 404s, 405s and 408s the router never answers).
+#[derive(Debug, Clone, Default)]
+struct RouteSlot(Arc<OnceLock<String>>);
+
+/// Route label of requests no route matched, so a scan of random paths adds one series.
+const UNMATCHED: &str = "unmatched";
+
+/// Runs for matched routes only: names the server span after the route and tells
+/// [`observe`] which route it was.
+async fn note_route(req: Request, next: Next) -> Response {
+    note_matched_route(&req);
+    next.run(req).await
+}
+
+/// Records the route axum matched for `req` (if any) on the server span and for
+/// [`observe`]. Also called by the 405 fallback, which `route_layer` does not wrap.
+pub(crate) fn note_matched_route(req: &Request) {
+    if let Some(path) = req.extensions().get::<MatchedPath>() {
+        let route = path.as_str();
+        let span = Span::current();
+        span.record("http.route", route);
+        telemetry::set_span_name(&span, format!("{} {route}", req.method()));
+        if let Some(slot) = req.extensions().get::<RouteSlot>() {
+            let _ = slot.0.set(route.to_string());
+        }
     }
 }
 
-async fn track_in_flight(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let _guard = state
-        .in_flight
-        .enter(req.method().to_string(), req.uri().path().to_string());
-    state.metrics.in_flight.inc();
-    let resp = next.run(req).await;
-    state.metrics.in_flight.dec();
-    resp
+/// `sluice_http_requests_in_flight` held up for as long as the request's future lives:
+/// a request the client abandons is dropped mid-await, and only a drop guard sees that.
+#[derive(Debug)]
+struct InFlightGauge(IntGauge);
+
+impl InFlightGauge {
+    fn enter(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        InFlightGauge(gauge.clone())
+    }
 }
 
-async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Around every request, matched or not: the in-flight register and gauge (both drop
+/// guards), the request timeout (408 as a problem document), then one count and latency
+/// observation per response, the status on the server span, and a log line for 5xx.
+async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let _register = state
+        .in_flight
+        .enter(method.to_string(), req.uri().path().to_string());
+    let _gauge = InFlightGauge::enter(&state.metrics.in_flight);
+    let slot = RouteSlot::default();
+    req.extensions_mut().insert(slot.clone());
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let resp = match tokio::time::timeout(state.settings.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::RequestTimeout.into_response(),
+    };
+    let elapsed = start.elapsed();
+    let route = slot.0.get().map(String::as_str).unwrap_or(UNMATCHED);
+    let status = resp.status();
     let m = &state.metrics;
     m.duration
-        .with_label_values(&[&route, &method])
-        .observe(start.elapsed().as_secs_f64());
+        .with_label_values(&[route, method.as_str()])
+        .observe(elapsed.as_secs_f64());
     m.requests
-        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .with_label_values(&[route, method.as_str(), status.as_str()])
         .inc();
+
+    let span = Span::current();
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    // A probe's 503 is an answer ("draining", "database down"), not a failed request; the
+    // state change behind it is logged once where it happens.
+    let probe = route.starts_with("/health/");
+    if status.is_server_error() && !probe {
+        span.record("otel.status_code", "error");
+        let latency_ms = elapsed.as_millis() as u64;
+        if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(
+                status = status.as_u16(),
+                route,
+                latency_ms,
+                "request answered unavailable"
+            );
+        } else {
+            tracing::error!(
+                status = status.as_u16(),
+                route,
+                latency_ms,
+                "request failed"
+            );
+        }
+    }
     resp
 }
 
@@ -186,7 +268,11 @@ impl Application {
         } = self;
         let api_addr = listener.local_addr().ok();
         let metrics_addr = metrics_listener.local_addr().ok();
-        tracing::info!(api_addr = ?api_addr, metrics_addr = ?metrics_addr, "API listening");
+        tracing::info!(
+            api_addr = %display_addr(api_addr),
+            metrics_addr = %display_addr(metrics_addr),
+            "API listening"
+        );
 
         let metrics_stop = tokio_util::sync::CancellationToken::new();
         let metrics_app = sluice_common::metrics::router(state.metrics.registry.clone());
@@ -230,7 +316,7 @@ impl Application {
                     tracing::error!(method = %r.method, path = %r.path, age_ms = r.started.elapsed().as_millis() as u64,
                         "request cut off by the shutdown budget");
                 }
-                tracing::error!(budget = ?shutdown_timeout, "in-flight requests outlived the shutdown budget");
+                tracing::error!(budget_ms = shutdown_timeout.as_millis() as u64, "in-flight requests outlived the shutdown budget");
                 1
             }
             _ = signals.hard.cancelled() => {
@@ -247,4 +333,9 @@ impl Application {
         }
         ExitCode::from(code)
     }
+}
+
+/// A bound address for the log: `127.0.0.1:8080`, not `Some(127.0.0.1:8080)`.
+fn display_addr(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }

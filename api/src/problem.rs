@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The job's state does not allow the action.
     #[error("{0}")]
     Conflict(String),
+    /// Not answered within `SLUICE_API_REQUEST_TIMEOUT`; the work may or may not have happened.
+    #[error("the request took longer than the server's time limit; retry, with an idempotency key when enqueueing")]
+    RequestTimeout,
     /// Body over the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::Conflict(_) => "conflict",
+            ApiError::RequestTimeout => "request-timeout",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Unavailable => "unavailable",
@@ -187,7 +192,8 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
-/// Fallback for known routes with the wrong method.
-pub async fn method_not_allowed() -> ApiError {
+/// Fallback for known routes with the wrong method (counted under the route it matched).
+pub async fn method_not_allowed(req: Request) -> ApiError {
+    crate::note_matched_route(&req);
     ApiError::MethodNotAllowed
 }

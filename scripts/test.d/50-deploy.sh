@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Static checks of the deployment artifacts (no cluster, no Docker engine needed):
 #   kustomize renders base, every overlay and component; kubernetes-validate --strict on
-#   each render; tests/deploy/check_manifests.py (budgets, probes, ports, security) plus
-#   its self-test; hadolint on the Dockerfile; systemd-analyze verify on the units.
+#   each render; tests/deploy/check_manifests.py (budgets, probes, ports, security, no
+#   rendered credentials, replicas left to autoscalers, NetworkPolicies, the KEDA query
+#   through promtool, digests in prod) plus its self-test; hadolint and the OCI labels on
+#   the Dockerfile; systemd-analyze verify on the units.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -17,6 +19,12 @@ if ! command -v kubectl >/dev/null; then
   log "installing kubectl (Debian kubernetes-client)"
   apt-get install -y -qq kubernetes-client >/dev/null 2>&1 ||
     { apt-get update -qq >/dev/null && apt-get install -y -qq kubernetes-client >/dev/null; }
+fi
+# promtool (Debian prometheus) checks and evaluates the KEDA query.
+if ! command -v promtool >/dev/null; then
+  log "installing promtool (Debian prometheus)"
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 fi
 # pip's console scripts land here; pyenv shims may not know them until a rehash.
 PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
@@ -40,7 +48,10 @@ for dir in k8s/base k8s/overlays/*/; do
   # Unknown CRDs (KEDA ScaledObject, PodMonitor) have no bundled schema: they warn, the
   # built-in kinds are validated strictly.
   kubernetes-validate --strict --quiet --no-warn -k "$K8S_VERSION" "$out"
-  python3 tests/deploy/check_manifests.py "$out"
+  # Production runs only images pinned by digest.
+  pin=()
+  [ "$dir" = k8s/overlays/prod ] && pin=(--require-digest)
+  python3 tests/deploy/check_manifests.py "${pin[@]}" "$out"
   log "ok $dir ($(grep -c '^kind:' "$out") objects)"
 done
 # Components on their own, through a scratch overlay, so a broken component fails even if
@@ -57,7 +68,9 @@ for comp in k8s/components/*/; do
   python3 tests/deploy/check_manifests.py "$ov/out.yaml" >/dev/null
   log "ok $comp"
 done
-python3 tests/deploy/check_manifests.py --self-test "$work/k8s_base.yaml"
+# The prod render has every kind of object the checks look at (KEDA, NetworkPolicies,
+# digests), so the self-test mutates that one.
+python3 tests/deploy/check_manifests.py --self-test --require-digest "$work/k8s_overlays_prod.yaml"
 
 # --- Dockerfile -------------------------------------------------------------------------
 hadolint Dockerfile
@@ -68,7 +81,14 @@ for member in $(python3 -c 'import tomllib; print(*tomllib.load(open("Cargo.toml
   grep -q "^COPY $member/Cargo.toml " Dockerfile || { log "Dockerfile: no COPY $member/Cargo.toml"; exit 1; }
   grep -q "^COPY $member $member\$" Dockerfile || { log "Dockerfile: no COPY $member $member"; exit 1; }
 done
-log "ok Dockerfile (hadolint)"
+# OCI image labels: registries and scanners read these.
+for label in title description source licenses version revision created; do
+  grep -q "org.opencontainers.image.$label=" Dockerfile ||
+    { log "Dockerfile: no org.opencontainers.image.$label label"; exit 1; }
+done
+grep -q '^ARG SLUICE_BUILD_REVISION' Dockerfile ||
+  { log "Dockerfile: no SLUICE_BUILD_REVISION build argument"; exit 1; }
+log "ok Dockerfile (hadolint, OCI labels)"
 
 # --- systemd units ----------------------------------------------------------------------
 if command -v systemd-analyze >/dev/null; then

@@ -3,15 +3,26 @@
 
 Schema validation (kubernetes-validate) says the YAML is well-formed Kubernetes; this says
 it is *Sluice*: termination budgets add up, probes hit the endpoints SPEC.md names, the
-metrics port stays off the public Service, pods run locked down.
+metrics port stays off the public Service, pods run locked down, no credentials are
+rendered, autoscaled Deployments leave `replicas` to their autoscaler, NetworkPolicies
+isolate the pods (API 8080, metrics only from monitoring, egress DNS/Postgres/targets),
+the KEDA query is valid PromQL, scoped by namespace and counts each job once (evaluated
+by `promtool test rules` on duplicated series), and with --require-digest every image is
+pinned by digest.
 
-    check_manifests.py RENDERED.yaml [...]   exit 1 listing every problem
-    check_manifests.py --self-test RENDERED.yaml
+    check_manifests.py [--require-digest] RENDERED.yaml [...]
+                                             exit 1 listing every problem
+    check_manifests.py --self-test [--require-digest] RENDERED.yaml
                                              prove each check fires on a mutated copy
+Needs promtool (Debian `prometheus`) when the render has a ScaledObject.
 """
 import copy
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -24,6 +35,8 @@ SPEC_API_PRESTOP = 5.0
 # Time left after preStop + drain + shutdown budget for closing the pool and exiting
 # before the kubelet's SIGKILL.
 MIN_CUSHION = 5.0
+# The namespace Prometheus runs in: the only one that may scrape port 9090.
+MONITORING_NS = "monitoring"
 
 
 def parse_duration(text, what):
@@ -54,8 +67,9 @@ def find(docs, kind, name):
 
 
 class Checker:
-    def __init__(self, docs):
+    def __init__(self, docs, require_digest=False):
         self.docs = docs
+        self.require_digest = require_digest
         self.problems = []
 
     def fail(self, msg):
@@ -279,11 +293,226 @@ class Checker:
                 if key in ("DATABASE_URL", "SLUICE_API_TOKENS"):
                     self.fail(f"ConfigMap {cm['metadata']['name']} holds secret {key}")
 
+
+    # --- credentials, replicas, images --------------------------------------------------
+    def credentials(self):
+        for sec in by_kind(self.docs, "Secret"):
+            self.fail(
+                f"Secret {sec['metadata'].get('name')} is rendered: credentials must come from "
+                "a Secret the operator creates or an ExternalSecret, or an apply overwrites them"
+            )
+        text = yaml.safe_dump_all(self.docs)
+        if "REPLACE_ME" in text:
+            self.fail("a REPLACE_ME placeholder is rendered")
+
+    def autoscaled(self):
+        """(kind, name) of every Deployment an HPA or a KEDA ScaledObject scales."""
+        owners = {}
+        for h in by_kind(self.docs, "HorizontalPodAutoscaler"):
+            ref = h["spec"]["scaleTargetRef"]
+            owners[ref.get("name")] = f"HorizontalPodAutoscaler {h['metadata']['name']}"
+        for so in by_kind(self.docs, "ScaledObject"):
+            ref = so["spec"]["scaleTargetRef"]
+            if ref.get("kind", "Deployment") == "Deployment":
+                owners[ref.get("name")] = f"ScaledObject {so['metadata']['name']}"
+        return owners
+
+    def replicas(self):
+        for name, owner in self.autoscaled().items():
+            dep = find(self.docs, "Deployment", name)
+            if dep and "replicas" in dep["spec"]:
+                self.fail(
+                    f"Deployment {name} sets replicas while {owner} owns the count "
+                    "(every apply would reset it)"
+                )
+
+    def images(self):
+        if not self.require_digest:
+            return
+        for kind in ("Deployment", "Job"):
+            for obj in by_kind(self.docs, kind):
+                pod = obj["spec"]["template"]["spec"]
+                for c in pod.get("containers", []) + (pod.get("initContainers") or []):
+                    if not re.search(r"@sha256:[0-9a-f]{64}$", c.get("image", "")):
+                        self.fail(
+                            f"{kind} {obj['metadata']['name']}/{c.get('name')}: image "
+                            f"{c.get('image')!r} is not pinned by digest"
+                        )
+
+    # --- NetworkPolicies ------------------------------------------------------------------
+    def policies_for(self, labels):
+        out = []
+        for np in by_kind(self.docs, "NetworkPolicy"):
+            sel = np["spec"].get("podSelector") or {}
+            if sel.get("matchExpressions"):
+                self.fail(f"NetworkPolicy {np['metadata']['name']}: matchExpressions not supported here")
+                continue
+            if all(labels.get(k) == v for k, v in (sel.get("matchLabels") or {}).items()):
+                out.append(np)
+        return out
+
+    @staticmethod
+    def types(np):
+        t = np["spec"].get("policyTypes")
+        if t:
+            return set(t)
+        return {"Ingress"} | ({"Egress"} if "egress" in np["spec"] else set())
+
+    @staticmethod
+    def rule_ports(rule, container=None):
+        """[(protocol, port)] a rule allows; None means every port."""
+        ports = rule.get("ports")
+        if not ports:
+            return None
+        out = []
+        for p in ports:
+            port = p.get("port")
+            if isinstance(port, str) and container is not None:
+                port = Checker.port_number(container, port)
+            out.append((p.get("protocol", "TCP"), port))
+        return out
+
+    @staticmethod
+    def only_monitoring(peers):
+        """Every peer is exactly the monitoring namespace (no ipBlock, no pod-wide match)."""
+        if not peers:
+            return False
+        for peer in peers:
+            ns = (peer.get("namespaceSelector") or {}).get("matchLabels") or {}
+            if set(peer) - {"namespaceSelector", "podSelector"} or ns.get(
+                "kubernetes.io/metadata.name"
+            ) != MONITORING_NS:
+                return False
+        return True
+
+    def network(self):
+        pods = []
+        for kind in ("Deployment", "Job"):
+            for obj in by_kind(self.docs, kind):
+                tmpl = obj["spec"]["template"]
+                pods.append((f"{kind} {obj['metadata']['name']}", obj["metadata"]["name"],
+                             tmpl.get("metadata", {}).get("labels") or {},
+                             (tmpl["spec"].get("containers") or [{}])[0]))
+        for where, name, labels, container in pods:
+            pols = self.policies_for(labels)
+            for direction in ("Ingress", "Egress"):
+                if not any(direction in self.types(p) for p in pols):
+                    self.fail(f"{where}: not isolated for {direction} (no NetworkPolicy selects it)")
+            allowed_in = {}  # port -> list of peer lists
+            for p in pols:
+                for rule in p["spec"].get("ingress") or []:
+                    ports = self.rule_ports(rule, container)
+                    if ports is None:
+                        self.fail(f"{where}: NetworkPolicy {p['metadata']['name']} allows ingress on every port")
+                        continue
+                    for _, port in ports:
+                        allowed_in.setdefault(port, []).append(rule.get("from") or [])
+            for port, peer_lists in allowed_in.items():
+                if port == METRICS_PORT:
+                    if not all(self.only_monitoring(peers) for peers in peer_lists):
+                        self.fail(
+                            f"{where}: metrics port {METRICS_PORT} reachable from outside the "
+                            f"{MONITORING_NS} namespace"
+                        )
+                elif not (name == API and port == API_PORT):
+                    self.fail(f"{where}: ingress allowed on port {port}")
+            if name == API and API_PORT not in allowed_in:
+                self.fail(f"{where}: no ingress to the API port {API_PORT}")
+            if name in (API, WORKER) and METRICS_PORT not in allowed_in:
+                self.fail(f"{where}: Prometheus in {MONITORING_NS} cannot reach {METRICS_PORT}")
+            egress = set()
+            for p in pols:
+                for rule in p["spec"].get("egress") or []:
+                    ports = self.rule_ports(rule, container)
+                    if ports is None:
+                        self.fail(f"{where}: NetworkPolicy {p['metadata']['name']} allows egress on every port")
+                        continue
+                    egress.update(ports)
+            if ("UDP", 53) not in egress:
+                self.fail(f"{where}: no egress to DNS (UDP 53)")
+            if ("TCP", 5432) not in egress:
+                self.fail(f"{where}: no egress to Postgres 5432")
+            if name == WORKER and not {("TCP", 80), ("TCP", 443)} <= egress:
+                self.fail(f"{where}: no egress to HTTP targets (80/443)")
+
+    # --- KEDA -----------------------------------------------------------------------------
+    def keda(self):
+        for so in by_kind(self.docs, "ScaledObject"):
+            name = so["metadata"]["name"]
+            for trig in so["spec"].get("triggers") or []:
+                if trig.get("type") != "prometheus":
+                    continue
+                q = (trig.get("metadata") or {}).get("query", "")
+                self.keda_query(name, so["metadata"].get("namespace"), q)
+
+    def keda_query(self, name, namespace, query):
+        m = re.search(r'namespace\s*=\s*"([^"]*)"', query)
+        if not m:
+            self.fail(f"ScaledObject {name}: KEDA query is not scoped by namespace: {query}")
+            return
+        if namespace and m.group(1) != namespace:
+            self.fail(
+                f"ScaledObject {name}: KEDA query reads namespace {m.group(1)!r} but the "
+                f"object is deployed to {namespace!r}"
+            )
+        ns = m.group(1)
+        promtool = shutil.which("promtool")
+        if not promtool:
+            self.fail("promtool not found (Debian package prometheus): cannot check the KEDA query")
+            return
+        with tempfile.TemporaryDirectory() as d:
+            rules = os.path.join(d, "keda.rules.yaml")
+            with open(rules, "w") as f:
+                yaml.safe_dump({"groups": [{"name": "keda", "rules": [
+                    {"record": "sluice:keda_query", "expr": query}]}]}, f)
+            r = subprocess.run([promtool, "check", "rules", rules], capture_output=True, text=True)
+            if r.returncode != 0:
+                self.fail(f"ScaledObject {name}: KEDA query is not valid PromQL: "
+                          f"{(r.stdout + r.stderr).strip()}")
+                return
+            # Two worker pods, each scraped twice (annotations and PodMonitor), all
+            # exporting the same database-wide numbers; another installation's queue and
+            # finished jobs must not count. Right answer: 5 queued + 3 processing of `a`,
+            # 2 queued of `b` = 10.
+            series = []
+            for pod in ("w1", "w2"):
+                for job in ("kubernetes-pods", f"{ns}/sluice"):
+                    for kind, state, n in (("a", "queued", 5), ("a", "processing", 3),
+                                           ("b", "queued", 2), ("a", "completed", 1000)):
+                        series.append({
+                            "series": f'sluice_queue_depth{{namespace="{ns}",pod="{pod}",'
+                                      f'job="{job}",kind="{kind}",state="{state}"}}',
+                            "values": f"{n}x5"})
+            series.append({"series": f'sluice_queue_depth{{namespace="{ns}-other",pod="x",'
+                                     'job="j",kind="a",state="queued"}',
+                           "values": "100x5"})
+            test = os.path.join(d, "keda.test.yaml")
+            with open(test, "w") as f:
+                yaml.safe_dump({"rule_files": ["keda.rules.yaml"], "evaluation_interval": "1m",
+                                "tests": [{"interval": "1m", "input_series": series,
+                                           "promql_expr_test": [{
+                                               "expr": "sluice:keda_query", "eval_time": "2m",
+                                               "exp_samples": [{"labels": "sluice:keda_query",
+                                                                "value": 10}]}]}]}, f)
+            r = subprocess.run([promtool, "test", "rules", test], capture_output=True,
+                               text=True, cwd=d)
+            if r.returncode != 0:
+                self.fail(
+                    f"ScaledObject {name}: KEDA query does not count queued + processing once "
+                    f"per job in its namespace (want 10 from duplicated series): "
+                    f"{' '.join((r.stdout + r.stderr).split())[:400]}"
+                )
+
     def run(self):
         self.deployment(API, "sluice-api")
         self.deployment(WORKER, "sluice-worker")
         self.services()
         self.others()
+        self.credentials()
+        self.replicas()
+        self.images()
+        self.network()
+        self.keda()
         return self.problems
 
 
@@ -349,6 +578,66 @@ def _mut_surge_down(d):
     _dep(d, API)["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] = 1
 
 
+def _mut_secret(d):
+    d.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sluice-secrets"},
+              "stringData": {"DATABASE_URL": "postgres://u:REPLACE_ME@db/sluice"}})
+
+
+def _mut_replicas(d):
+    _dep(d, API)["spec"]["replicas"] = 3
+
+
+def _scaled(d):
+    return by_kind(d, "ScaledObject")[0]["spec"]["triggers"][0]["metadata"]
+
+
+def _mut_query_no_ns(d):
+    q = _scaled(d)
+    q["query"] = re.sub(r'namespace\s*=\s*"[^"]*",?', "", q["query"])
+
+
+def _mut_query_wrong_ns(d):
+    q = _scaled(d)
+    q["query"] = re.sub(r'namespace\s*=\s*"[^"]*"', 'namespace="elsewhere"', q["query"])
+
+
+def _mut_query_sum_pods(d):
+    _scaled(d)["query"] = re.sub(r"max by \(kind, state\)", "sum by (kind, state)",
+                                 _scaled(d)["query"])
+
+
+def _mut_query_queued_only(d):
+    _scaled(d)["query"] = _scaled(d)["query"].replace('state=~"queued|processing"', 'state="queued"')
+
+
+def _mut_query_syntax(d):
+    _scaled(d)["query"] = _scaled(d)["query"].replace("max by", "max by by")
+
+
+def _netpol(d, name):
+    return find(d, "NetworkPolicy", name)
+
+
+def _mut_metrics_open(d):
+    _netpol(d, "sluice-api")["spec"]["ingress"][1]["from"] = []
+
+
+def _mut_no_postgres(d):
+    eg = _netpol(d, "sluice-egress")["spec"]["egress"]
+    _netpol(d, "sluice-egress")["spec"]["egress"] = [
+        r for r in eg if {"protocol": "TCP", "port": 5432} not in (r.get("ports") or [])]
+
+
+def _mut_no_default_deny(d):
+    d.remove(_netpol(d, "sluice-default-deny"))
+    d.remove(_netpol(d, "sluice-egress"))
+
+
+def _mut_image_tag(d):
+    c = _container(d, WORKER)
+    c["image"] = c["image"].split("@")[0]
+
+
 MUTATIONS = [
     (_mut_grace, "terminationGracePeriodSeconds 30 <"),
     (_mut_worker_budget, "sluice-worker: terminationGracePeriodSeconds 125 <"),
@@ -361,33 +650,58 @@ MUTATIONS = [
     (_mut_caps, "drop ALL"),
     (_mut_no_prestop, "preStop sleep 0s"),
     (_mut_surge_down, "maxUnavailable is 1"),
+    (_mut_secret, "Secret sluice-secrets is rendered"),
+    (_mut_secret, "REPLACE_ME placeholder"),
+    (_mut_replicas, "sets replicas while HorizontalPodAutoscaler"),
+    (_mut_metrics_open, "metrics port 9090 reachable from outside"),
+    (_mut_no_postgres, "no egress to Postgres 5432"),
+    (_mut_no_default_deny, "not isolated for Egress"),
+]
+# Only on a render with KEDA (the prod overlay).
+KEDA_MUTATIONS = [
+    (_mut_query_no_ns, "not scoped by namespace"),
+    (_mut_query_wrong_ns, "reads namespace 'elsewhere'"),
+    (_mut_query_sum_pods, "does not count queued + processing once"),
+    (_mut_query_queued_only, "does not count queued + processing once"),
+    (_mut_query_syntax, "not valid PromQL"),
+]
+# Only with --require-digest.
+DIGEST_MUTATIONS = [
+    (_mut_image_tag, "is not pinned by digest"),
 ]
 
 
-def self_test(docs):
+def self_test(docs, require_digest):
     ok = True
-    base = Checker(copy.deepcopy(docs)).run()
+    base = Checker(copy.deepcopy(docs), require_digest).run()
     if base:
         print("self-test: the unmutated manifests already fail:", *base, sep="\n  ")
         return False
-    for mutate, expect in MUTATIONS:
+    mutations = list(MUTATIONS)
+    if by_kind(docs, "ScaledObject"):
+        mutations += KEDA_MUTATIONS
+    if require_digest:
+        mutations += DIGEST_MUTATIONS
+    for mutate, expect in mutations:
         d = copy.deepcopy(docs)
         mutate(d)
-        problems = Checker(d).run()
+        problems = Checker(d, require_digest).run()
         if not any(expect in p for p in problems):
             ok = False
             print(f"self-test: {mutate.__name__} not caught (want {expect!r}), got {problems}")
-    print(f"self-test: {len(MUTATIONS)} mutations, {'all caught' if ok else 'SOME MISSED'}")
+    print(f"self-test: {len(mutations)} mutations, {'all caught' if ok else 'SOME MISSED'}")
     return ok
 
 
 def main(argv):
+    require_digest = "--require-digest" in argv
+    argv = [a for a in argv if a != "--require-digest"]
     if len(argv) >= 2 and argv[0] == "--self-test":
-        return 0 if self_test(load(argv[1:])) else 1
+        return 0 if self_test(load(argv[1:]), require_digest) else 1
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
-    problems = Checker(load(argv)).run()
+    problems = Checker(load(argv), require_digest).run()
     for p in problems:
         print(f"FAIL {p}")
     if problems:

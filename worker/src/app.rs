@@ -180,7 +180,7 @@ impl Worker {
         ));
         shared.leasing.store(true, Ordering::SeqCst);
         sd_notify::notify("READY=1");
-        tracing::info!(worker = %identity, kinds = ?kinds, concurrency = config.concurrency, "worker started; leasing");
+        tracing::info!(worker = %identity, kinds = %kinds.join(","), concurrency = config.concurrency, "worker started; leasing");
 
         // ---- drain ----
         signals.soft.cancelled().await;

@@ -38,7 +38,22 @@ pub fn spawn_job(
         return;
     };
     let cancel = shared.handler_cancel.child_token();
-    let span = tracing::info_span!("job", job.id = job.id, job.kind = %job.kind, job.attempt = job.attempts);
+    // A consumer span (OpenTelemetry messaging conventions) whose parent is the server span
+    // of the API request that enqueued the job, stored with it as its `traceparent`.
+    let span = tracing::info_span!(
+        "job",
+        otel.name = format!("process {}", job.kind),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        messaging.system = "sluice",
+        messaging.operation.type = "process",
+        messaging.destination.name = %job.kind,
+        messaging.message.id = job.id,
+        job.id = job.id,
+        job.kind = %job.kind,
+        job.attempt = job.attempts,
+    );
     if let Some(tp) = job.traceparent.as_deref() {
         sluice_common::telemetry::set_remote_parent(&span, tp);
     }
@@ -104,6 +119,12 @@ pub fn spawn_job(
             match &result {
                 Ok(()) => tracing::debug!(elapsed_ms = elapsed.as_millis() as u64, "job succeeded"),
                 Err(e) => tracing::info!(elapsed_ms = elapsed.as_millis() as u64, error = %e, "job attempt did not succeed"),
+            }
+            // A failed attempt is an error span; a shutdown putting the job back is not.
+            if let Err(e @ (JobError::Retryable { .. } | JobError::Permanent(_))) = &result {
+                let span = tracing::Span::current();
+                span.record("otel.status_code", "error");
+                span.record("otel.status_description", e.to_string());
             }
             shared.lock_running().remove(&lease.job_id);
             shared.metrics.in_flight.dec();

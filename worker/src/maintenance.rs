@@ -77,7 +77,7 @@ pub async fn rescuer(shared: Arc<Shared>, interval: Duration, stop: Cancellation
             Ok(rescued) => {
                 found = rescued.len();
                 for r in rescued {
-                    tracing::warn!(job.id = r.id, job.kind = %r.kind, state = %r.state, leased_by = ?r.leased_by,
+                    tracing::warn!(job.id = r.id, job.kind = %r.kind, state = %r.state, leased_by = r.leased_by.as_deref().unwrap_or("unknown"),
                                    "lease expired; job taken back");
                     shared.metrics.rescued.with_label_values(&[&r.kind]).inc();
                 }
@@ -99,30 +99,24 @@ pub async fn rescuer(shared: Arc<Shared>, interval: Duration, stop: Cancellation
 pub async fn stats(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
     loop {
         match storage::count_jobs_by_kind_and_state(shared.client.pool()).await {
-            Ok(counts) => {
-                shared.metrics.queue_depth.reset();
-                for c in counts {
-                    shared
-                        .metrics
-                        .queue_depth
-                        .with_label_values(&[&c.kind, c.state.as_str()])
-                        .set(c.count);
-                }
-            }
+            Ok(counts) => shared.metrics.set_queue_depth(
+                shared.registry.names(),
+                counts.iter().map(|c| (c.kind.as_str(), c.state, c.count)),
+            ),
             Err(err) => tracing::debug!(error = %err, "queue depth refresh failed"),
         }
         match storage::find_oldest_runnable_by_kind(shared.client.pool()).await {
             Ok(oldest) => {
-                shared.metrics.oldest_queued_age.reset();
                 let now = Utc::now();
-                for (kind, at) in oldest {
-                    let age = (now - at).num_milliseconds().max(0) as f64 / 1000.0;
-                    shared
-                        .metrics
-                        .oldest_queued_age
-                        .with_label_values(&[&kind])
-                        .set(age);
-                }
+                shared.metrics.set_oldest_queued_age(
+                    shared.registry.names(),
+                    oldest.iter().map(|(kind, at)| {
+                        (
+                            kind.as_str(),
+                            (now - *at).num_milliseconds().max(0) as f64 / 1000.0,
+                        )
+                    }),
+                );
             }
             Err(err) => tracing::debug!(error = %err, "oldest-job refresh failed"),
         }

@@ -1,8 +1,12 @@
 //! The worker's Prometheus metrics (SPEC.md §7). Names are binding: dashboards, alerts and
 //! the rollout test read them.
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
 use prometheus::{GaugeVec, IntGaugeVec};
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use sluice_common::JobState;
 
 /// Every metric the worker exports, registered on one registry.
 #[derive(Debug, Clone)]
@@ -22,6 +26,10 @@ pub struct WorkerMetrics {
     pub shutting_down: IntGauge,
     /// Jobs per lease statement: shows whether batching is working.
     pub lease_batch: Histogram,
+    /// Every kind the gauges have carried: their series stay (at 0) when a kind's jobs are
+    /// all gone, because a series that vanishes reads as "no data", not "empty queue"
+    /// (alerts and KEDA then see nothing instead of 0).
+    known_kinds: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl WorkerMetrics {
@@ -126,12 +134,109 @@ impl WorkerMetrics {
             oldest_queued_age,
             shutting_down,
             lease_batch,
+            known_kinds: Arc::default(),
         }
+    }
+
+    /// Sets `sluice_queue_depth` from fresh `(kind, state, count)` rows: one series per
+    /// kind × state for every kind in `kinds` (this worker's), in `counts`, or exported
+    /// before, 0 where `counts` has no row. Never resets, so no series disappears.
+    pub fn set_queue_depth<'a>(
+        &self,
+        kinds: impl IntoIterator<Item = &'a str>,
+        counts: impl IntoIterator<Item = (&'a str, JobState, i64)>,
+    ) {
+        let mut by_key: HashMap<(&str, JobState), i64> = HashMap::new();
+        for (kind, state, n) in counts {
+            *by_key.entry((kind, state)).or_default() += n;
+        }
+        let known = self.remember_kinds(kinds.into_iter().chain(by_key.keys().map(|k| k.0)));
+        for kind in &known {
+            for state in JobState::ALL {
+                let n = by_key.get(&(kind.as_str(), state)).copied().unwrap_or(0);
+                self.queue_depth
+                    .with_label_values(&[kind.as_str(), state.as_str()])
+                    .set(n);
+            }
+        }
+    }
+
+    /// Sets `sluice_oldest_queued_job_age_seconds` from `(kind, age)` pairs, 0 for every
+    /// other known kind (nothing runnable is waiting), like [`Self::set_queue_depth`].
+    pub fn set_oldest_queued_age<'a>(
+        &self,
+        kinds: impl IntoIterator<Item = &'a str>,
+        ages: impl IntoIterator<Item = (&'a str, f64)>,
+    ) {
+        let ages: HashMap<&str, f64> = ages.into_iter().collect();
+        let known = self.remember_kinds(kinds.into_iter().chain(ages.keys().copied()));
+        for kind in &known {
+            let age = ages.get(kind.as_str()).copied().unwrap_or(0.0);
+            self.oldest_queued_age
+                .with_label_values(&[kind.as_str()])
+                .set(age);
+        }
+    }
+
+    /// Adds `kinds` to the known set and returns a copy of it.
+    fn remember_kinds<'a>(&self, kinds: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut known = self
+            .known_kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for kind in kinds {
+            if !known.contains(kind) {
+                known.insert(kind.to_string());
+            }
+        }
+        known.iter().cloned().collect()
     }
 }
 
 impl Default for WorkerMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn depth(m: &WorkerMetrics, kind: &str, state: &str) -> Option<i64> {
+        let text = sluice_common::metrics::encode(&m.registry);
+        let want = format!("sluice_queue_depth{{kind=\"{kind}\",state=\"{state}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(want.as_str()))
+            .map(|v| v.parse().expect("integer gauge"))
+    }
+
+    #[test]
+    fn a_queue_depth_series_goes_to_zero_instead_of_disappearing() {
+        let m = WorkerMetrics::new();
+        m.set_queue_depth(["noop"], [("email", JobState::Queued, 3)]);
+        assert_eq!(depth(&m, "email", "queued"), Some(3));
+        assert_eq!(depth(&m, "email", "processing"), Some(0));
+        assert_eq!(
+            depth(&m, "noop", "queued"),
+            Some(0),
+            "registered kinds are exported"
+        );
+        // The email jobs are gone: the series stays, at 0.
+        m.set_queue_depth(["noop"], [("noop", JobState::Processing, 1)]);
+        assert_eq!(depth(&m, "email", "queued"), Some(0));
+        assert_eq!(depth(&m, "noop", "processing"), Some(1));
+    }
+
+    #[test]
+    fn the_oldest_queued_age_of_a_drained_kind_reads_zero() {
+        let m = WorkerMetrics::new();
+        m.set_oldest_queued_age(["noop"], [("noop", 12.5)]);
+        m.set_oldest_queued_age(["noop"], []);
+        let text = sluice_common::metrics::encode(&m.registry);
+        assert!(
+            text.contains("sluice_oldest_queued_job_age_seconds{kind=\"noop\"} 0\n"),
+            "{text}"
+        );
     }
 }

@@ -121,14 +121,16 @@ fn numbers_round_trip(v: &Value) -> bool {
     }
 }
 
-/// The `traceparent` to store: the caller's if valid, else our own span's.
+/// The `traceparent` to store: our server span's when traces are exported (it is the
+/// caller's span's child, so the job's span hangs off this request), else the caller's.
 fn traceparent(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|tp| is_valid_traceparent(tp))
-        .map(str::to_string)
-        .or_else(telemetry::current_traceparent)
+    telemetry::current_traceparent().or_else(|| {
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|tp| is_valid_traceparent(tp))
+            .map(str::to_string)
+    })
 }
 
 async fn create(

@@ -27,6 +27,7 @@ fn errors(codes: &[&str]) -> serde_json::Map<String, Value> {
             "401" => "Missing or unknown bearer token",
             "403" => "Token lacks the admin scope",
             "404" => "Not found",
+            "408" => "Not answered within SLUICE_API_REQUEST_TIMEOUT",
             "409" => "The job's state does not allow this",
             "413" => "Body over the size limit",
             "415" => "Body is not JSON",
@@ -39,8 +40,10 @@ fn errors(codes: &[&str]) -> serde_json::Map<String, Value> {
     m
 }
 
+/// `codes` plus 408, which any route answers when it outlives the request timeout.
 fn responses(success: &[(&str, Value)], codes: &[&str]) -> Value {
     let mut m = errors(codes);
+    m.extend(errors(&["408"]));
     for (code, v) in success {
         m.insert(code.to_string(), v.clone());
     }
