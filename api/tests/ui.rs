@@ -1108,3 +1108,41 @@ fn bad_ui_configuration_exits_2_naming_the_variable() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_chart_is_served_from_the_last_computation_and_refreshed_in_the_background(
+    pool: PgPool,
+) {
+    let app = app_with(
+        pool.clone(),
+        UiSettings {
+            chart_cache_ttl: Duration::ZERO,
+            ..UiSettings::default()
+        },
+    );
+    let first = enqueue(&pool, "email.send", json!({})).await;
+    set_state(&pool, first, "completed").await;
+    let s = sign_in(&app, READ).await;
+    let page = get(&app, "/ui", Some(&s)).await;
+    assert!(page.body.contains("All kinds: 1 completed and 0 failed"));
+    let second = enqueue(&pool, "email.send", json!({})).await;
+    set_state(&pool, second, "completed").await;
+    // A later page shows the second completion once the background refresh has run.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = get(&app, "/ui", Some(&s)).await;
+        assert_eq!(page.status, StatusCode::OK);
+        if page.body.contains("All kinds: 2 completed and 0 failed") {
+            break;
+        }
+        assert!(
+            page.body.contains("All kinds: 1 completed"),
+            "stale, never wrong"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the chart was never refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -3,9 +3,14 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
+
+use chrono::{DateTime, Utc};
 
 use maud::{html, Markup};
 use sluice_common::storage::{self, MinuteCount};
@@ -75,27 +80,76 @@ impl Chart {
     }
 }
 
-/// The last computed chart, reused for [`super::UiSettings::chart_cache_ttl`]; one
-/// computation at a time (others wait for it rather than running the same scan).
+/// A computed chart and when.
+#[derive(Debug, Clone)]
+pub struct Computed {
+    /// For the age check.
+    at: Instant,
+    /// Shown on the page ("as of").
+    pub as_of: DateTime<Utc>,
+    /// The series.
+    pub chart: Arc<Chart>,
+}
+
+/// The overview's chart, served stale-while-revalidate: a page gets the latest computed
+/// chart at once, and when that is older than
+/// [`super::UiSettings::chart_cache_ttl`] one background task recomputes it for the next
+/// page. The chart query reads the last hour's finished jobs (no index on `finished_at`,
+/// see [`storage::count_finished_jobs_per_minute`]), so it runs off the request path, at
+/// most once per TTL however many dashboards are open, and only while someone looks. Only
+/// the first page after start waits for it.
 #[derive(Debug, Default)]
 pub struct ChartCache {
-    /// When computed, and what.
-    inner: tokio::sync::Mutex<Option<(Instant, Arc<Chart>)>>,
+    /// The latest chart.
+    latest: std::sync::Mutex<Option<Computed>>,
+    /// A background refresh is running.
+    refreshing: AtomicBool,
+    /// Single-flight for the first computation.
+    first: tokio::sync::Mutex<()>,
 }
 
 impl ChartCache {
-    /// The chart, from the cache while it is fresher than `ttl`.
-    pub async fn get(&self, pool: &PgPool, ttl: Duration) -> sluice_common::Result<Arc<Chart>> {
-        let mut guard = self.inner.lock().await;
-        if let Some((at, chart)) = guard.as_ref() {
-            if at.elapsed() < ttl {
-                return Ok(chart.clone());
-            }
-        }
+    fn current(&self) -> Option<Computed> {
+        self.latest.lock().ok().and_then(|g| g.clone())
+    }
+
+    async fn compute(&self, pool: &PgPool) -> sluice_common::Result<Computed> {
         let rows = storage::count_finished_jobs_per_minute(pool).await?;
-        let chart = Arc::new(Chart::from_rows(&rows));
-        *guard = Some((Instant::now(), chart.clone()));
-        Ok(chart)
+        let computed = Computed {
+            at: Instant::now(),
+            as_of: Utc::now(),
+            chart: Arc::new(Chart::from_rows(&rows)),
+        };
+        if let Ok(mut g) = self.latest.lock() {
+            *g = Some(computed.clone());
+        }
+        Ok(computed)
+    }
+
+    /// The latest chart; starts a background refresh when it is older than `ttl`.
+    pub async fn get(
+        self: &Arc<Self>,
+        pool: &PgPool,
+        ttl: Duration,
+    ) -> sluice_common::Result<Computed> {
+        if let Some(c) = self.current() {
+            if c.at.elapsed() >= ttl && !self.refreshing.swap(true, Ordering::SeqCst) {
+                let cache = self.clone();
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = cache.compute(&pool).await {
+                        tracing::warn!(error = %err, "could not refresh the UI's chart");
+                    }
+                    cache.refreshing.store(false, Ordering::SeqCst);
+                });
+            }
+            return Ok(c);
+        }
+        let _first = self.first.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        self.compute(pool).await
     }
 }
 

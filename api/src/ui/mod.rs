@@ -87,8 +87,9 @@ pub struct UiSettings {
     pub trace_url: Option<String>,
     /// Session lifetime from sign-in.
     pub session_ttl: Duration,
-    /// How long the overview's chart query is reused: the chart reads the last hour's
-    /// finished jobs, so it is computed at most this often however many dashboards are open.
+    /// Age past which the overview's chart is recomputed in the background (pages are served
+    /// the latest chart meanwhile): the chart reads the last hour's finished jobs, so it is
+    /// computed at most this often however many dashboards are open.
     pub chart_cache_ttl: Duration,
     /// How often the overview reloads itself.
     pub refresh_every: Duration,

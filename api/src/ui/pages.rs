@@ -85,13 +85,14 @@ pub async fn overview(
 ) -> Result<Response, UiError> {
     let q = query.map(|Query(q)| q).unwrap_or_default();
     let pool = state.client.pool();
-    let (kinds, counts, oldest, now, chart) = tokio::try_join!(
+    let (kinds, counts, oldest, now, chart_at) = tokio::try_join!(
         storage::list_kinds(pool),
         storage::count_unfinished_jobs_by_kind(pool),
         storage::find_oldest_runnable_by_kind(pool),
         storage::fetch_database_now(pool),
         cache.get(pool, state.settings.ui.chart_cache_ttl),
     )?;
+    let chart = chart_at.chart.clone();
     let mut rows: BTreeMap<String, KindRow> = BTreeMap::new();
     for k in kinds {
         rows.insert(
@@ -163,7 +164,10 @@ pub async fn overview(
         }
         section aria-labelledby="throughput" {
             h2 id="throughput" { "Last hour, all kinds" }
-            p.legend { span.key-ok { "completed" } " " span.key-fail { "failed" } " per minute; now is on the right." }
+            p.legend {
+                span.key-ok { "completed" } " " span.key-fail { "failed" }
+                " per minute; now is on the right. As of " (chart_at.as_of.format("%H:%M:%S UTC")) "."
+            }
             (chart::svg(&chart.total, 600, 60, "All kinds"))
         }
         p.refresh {

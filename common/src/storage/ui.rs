@@ -65,7 +65,8 @@ pub struct MinuteCount {
 /// Completions and (final) failures per kind and minute over the last hour, by the
 /// database clock. There is no index on `finished_at` (each one would cost every
 /// completion an index insert on the hot path), so this reads the finished jobs; the UI
-/// caches its answer for a few seconds so any number of open dashboards cost one query.
+/// runs it in the background at most every few seconds while someone looks, whatever the
+/// number of open dashboards, and never on a page's request path.
 pub async fn count_finished_jobs_per_minute(exec: impl PgExecutor<'_>) -> Result<Vec<MinuteCount>> {
     Ok(sqlx::query_as(
         "SELECT kind,
