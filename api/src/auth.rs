@@ -1,6 +1,7 @@
-//! Bearer tokens with scopes, compared in constant time.
+//! Bearer tokens with scopes (`read` < `enqueue` < `admin`), compared in constant time.
 
 use axum::{extract::FromRequestParts, http::request::Parts};
+use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use crate::{problem::ApiError, state::AppState};
@@ -8,6 +9,8 @@ use crate::{problem::ApiError, state::AppState};
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scope {
+    /// Read everything (GET routes, the UI), change nothing.
+    Read,
     /// Create and read jobs.
     Enqueue,
     /// Everything, including operator actions.
@@ -36,7 +39,7 @@ impl Tokens {
     /// Parses `scope:token` / `scope:name:token`, comma-separated.
     pub fn parse(text: &str) -> Result<Tokens, String> {
         let mut tokens = Vec::new();
-        let mut counts = [0usize; 2];
+        let mut counts = [0usize; 3];
         for (i, entry) in text.split(',').map(str::trim).enumerate() {
             if entry.is_empty() {
                 return Err(format!("entry {} is empty", i + 1));
@@ -48,11 +51,12 @@ impl Tokens {
                 _ => return Err(format!("entry {} is not scope:token", i + 1)),
             };
             let scope = match scope {
+                "read" => Scope::Read,
                 "enqueue" => Scope::Enqueue,
                 "admin" => Scope::Admin,
                 other => {
                     return Err(format!(
-                        "entry {}: unknown scope {other:?}; use enqueue or admin",
+                        "entry {}: unknown scope {other:?}; use read, enqueue or admin",
                         i + 1
                     ))
                 }
@@ -60,19 +64,11 @@ impl Tokens {
             if secret.is_empty() {
                 return Err(format!("entry {}: empty token", i + 1));
             }
-            let idx = if scope == Scope::Admin { 1 } else { 0 };
+            let idx = scope as usize;
             counts[idx] += 1;
             let name = match name {
                 Some(n) if !n.is_empty() => n.to_string(),
-                _ => format!(
-                    "{}-token-{}",
-                    if scope == Scope::Admin {
-                        "admin"
-                    } else {
-                        "enqueue"
-                    },
-                    counts[idx]
-                ),
+                _ => format!("{}-token-{}", scope.as_str(), counts[idx]),
             };
             tokens.push(Token {
                 scope,
@@ -81,6 +77,24 @@ impl Tokens {
             });
         }
         Ok(Tokens { tokens })
+    }
+
+    /// The caller `presented` stands for, if it is one of our tokens.
+    pub fn principal(&self, presented: &[u8]) -> Option<Principal> {
+        self.find(presented).map(Token::principal)
+    }
+
+    /// The caller whose token has this SHA-256 digest: UI sessions keep the digest, never
+    /// the token, and look the caller up on every request.
+    pub fn principal_by_digest(&self, digest: &[u8]) -> Option<Principal> {
+        let mut found = None;
+        for token in &self.tokens {
+            let d = sha2::Sha256::digest(&token.secret);
+            if bool::from(d.as_slice().ct_eq(digest)) {
+                found = Some(token.principal());
+            }
+        }
+        found
     }
 
     /// The token matching `presented`, checked against every entry.
@@ -92,6 +106,26 @@ impl Tokens {
             }
         }
         found
+    }
+}
+
+impl Token {
+    fn principal(&self) -> Principal {
+        Principal {
+            name: self.name.clone(),
+            scope: self.scope,
+        }
+    }
+}
+
+impl Scope {
+    /// The name used in `SLUICE_API_TOKENS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Enqueue => "enqueue",
+            Scope::Admin => "admin",
+        }
     }
 }
 
@@ -132,7 +166,18 @@ fn authenticate(parts: &Parts, state: &AppState, needed: Scope) -> Result<Princi
     })
 }
 
-/// Extractor: any valid token (create and read).
+/// Extractor: any valid token (read).
+#[derive(Debug)]
+pub struct Reader(pub Principal);
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authenticate(parts, state, Scope::Read).map(Reader)
+    }
+}
+
+/// Extractor: an `enqueue` or `admin` token (create and read).
 #[derive(Debug)]
 pub struct Enqueuer(pub Principal);
 
@@ -160,7 +205,14 @@ mod tests {
 
     #[test]
     fn token_lists_parse_with_and_without_names() {
-        let t = Tokens::parse("enqueue:abc,admin:ops:xyz").expect("valid");
+        let t = Tokens::parse("enqueue:abc,admin:ops:xyz,read:r1").expect("valid");
+        assert_eq!(t.find(b"r1").map(|t| t.name.as_str()), Some("read-token-1"));
+        assert_eq!(t.principal(b"r1").map(|p| p.scope), Some(Scope::Read));
+        let digest = sha2::Sha256::digest(b"xyz");
+        assert_eq!(
+            t.principal_by_digest(&digest).map(|p| p.name),
+            Some("ops".to_string())
+        );
         assert_eq!(
             t.find(b"abc").map(|t| t.name.as_str()),
             Some("enqueue-token-1")

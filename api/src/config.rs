@@ -40,7 +40,7 @@ pub struct Config {
     )]
     pub metrics_addr: SocketAddr,
 
-    /// `scope:token` or `scope:name:token`, comma-separated; scope `enqueue` or `admin`.
+    /// `scope:token` or `scope:name:token`, comma-separated; scope `read`, `enqueue` or `admin`.
     ///
     /// Kept as text and parsed in [`Config::settings`], not by a clap value parser: clap's
     /// error for a rejected value quotes the value, and this one is a secret.
@@ -85,6 +85,10 @@ pub struct Config {
     #[arg(long = "max-wait", env = "SLUICE_API_MAX_WAIT", value_name = "SLUICE_API_MAX_WAIT",
           default_value = "60s", value_parser = parse_duration)]
     pub max_wait: Duration,
+
+    /// The operator web UI's settings.
+    #[command(flatten)]
+    pub ui: crate::ui::UiConfig,
 }
 
 /// What the router needs from the configuration (tests build it directly).
@@ -101,6 +105,8 @@ pub struct Settings {
     /// `sslmode` / `sslrootcert` of `DATABASE_URL`, named in readiness reasons and logs
     /// when a connection fails.
     pub database_tls: TlsSettings,
+    /// The operator web UI.
+    pub ui: crate::ui::UiSettings,
 }
 
 impl Default for Settings {
@@ -111,6 +117,7 @@ impl Default for Settings {
             request_timeout: Duration::from_secs(90),
             max_wait: Duration::from_secs(60),
             database_tls: TlsSettings::default(),
+            ui: crate::ui::UiSettings::default(),
         }
     }
 }
@@ -143,6 +150,7 @@ impl Config {
             database_tls: db::connect_options(&self.db)
                 .map(|(_, tls)| tls)
                 .unwrap_or_else(|reason| bad_config(reason)),
+            ui: self.ui.settings(),
         }
     }
 }

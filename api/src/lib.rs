@@ -8,7 +8,8 @@
 //!   until a signal and drains in the order SPEC.md §4 gives.
 //! - [`router`]: every route, merged from one module per resource in [`routes`], wrapped in
 //!   the request id, tracing, timeout, body limit and metrics layers.
-//! - [`auth`]: bearer tokens with `enqueue` / `admin` scopes, as extractors.
+//! - [`auth`]: bearer tokens with `read` / `enqueue` / `admin` scopes, as extractors.
+//! - [`ui`]: the operator web UI under `/ui` (server-rendered, sessions, CSRF, actions).
 //! - [`problem`]: [`problem::ApiError`], every error as `application/problem+json`.
 //! - [`state`]: what handlers share, including readiness flags and metrics.
 //! - [`batcher`]: concurrent enqueues coalesced into one INSERT and one commit.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod problem;
 pub mod routes;
 pub mod state;
+pub mod ui;
 pub mod waiters;
 
 use std::{
@@ -62,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::stats::router())
         .merge(routes::health::router())
         .merge(routes::openapi::router())
+        .merge(ui::router())
         .route_layer(middleware::from_fn(note_route))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)

@@ -22,7 +22,7 @@ use sluice_common::{
 };
 
 use crate::{
-    auth::{Admin, Enqueuer},
+    auth::{Admin, Enqueuer, Reader},
     problem::{ApiError, ApiJson},
     state::AppState,
 };
@@ -223,7 +223,7 @@ async fn find(state: &AppState, id: i64) -> Result<Job, ApiError> {
 
 async fn show(
     State(state): State<AppState>,
-    Enqueuer(_who): Enqueuer,
+    Reader(_who): Reader,
     Path(raw): Path<String>,
     query: Result<Query<ShowQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Job>, ApiError> {
@@ -287,7 +287,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
 
 async fn list(
     State(state): State<AppState>,
-    Enqueuer(_who): Enqueuer,
+    Reader(_who): Reader,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sluice_common::model::Actor;
 
 use crate::{
-    auth::{Admin, Enqueuer},
+    auth::{Admin, Reader},
     problem::ApiError,
     routes::jobs::{action_reason, ActionQuery},
     state::AppState,
@@ -26,7 +26,7 @@ pub fn router() -> Router<AppState> {
 
 async fn list(
     State(state): State<AppState>,
-    Enqueuer(_who): Enqueuer,
+    Reader(_who): Reader,
 ) -> Result<Json<Value>, ApiError> {
     let kinds = state.client.kinds().await?;
     Ok(Json(json!({ "kinds": kinds })))

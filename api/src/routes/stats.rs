@@ -6,7 +6,7 @@ use axum::{extract::State, routing::get, Json, Router};
 use serde_json::{json, Value};
 use sluice_common::JobState;
 
-use crate::{auth::Enqueuer, problem::ApiError, state::AppState};
+use crate::{auth::Reader, problem::ApiError, state::AppState};
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
@@ -15,7 +15,7 @@ pub fn router() -> Router<AppState> {
 
 async fn stats(
     State(state): State<AppState>,
-    Enqueuer(_who): Enqueuer,
+    Reader(_who): Reader,
 ) -> Result<Json<Value>, ApiError> {
     let counts = state.client.stats().await?;
     // Every state is present, zero included: "drained" is read from `processing == 0`.

@@ -9,7 +9,8 @@ use crate::model::{validate_kind, Actor, Job, JOB_COLUMNS};
 
 use super::REQUEUE_STATE;
 
-async fn insert_audit_row(
+/// Writes one `audit_log` row; callers run it in the transaction of the change it records.
+pub(super) async fn insert_audit_row(
     conn: &mut PgConnection,
     actor: &Actor<'_>,
     action: &str,
@@ -123,6 +124,23 @@ pub async fn resume_kind<'a>(
     Ok(resumed)
 }
 
+/// States [`cancel_job`] (and the UI's bulk cancel) moves to `cancelled`.
+pub(super) const CANCELLABLE_STATES: &str = "('queued', 'paused', 'processing')";
+/// What cancelling sets; shared with the bulk cancel so both mean the same.
+pub(super) const CANCEL_ASSIGNMENTS: &str = "state = 'cancelled', finished_at = now(), \
+     lease_expires_at = NULL, lease_token = NULL, updated_at = now()";
+/// States [`retry_job`] (and the UI's bulk retry) runs again.
+pub(super) const RETRYABLE_STATES: &str = "('failed', 'cancelled')";
+
+/// What retrying sets (on rows aliased `j`); shared with the bulk retry.
+pub(super) fn retry_assignments() -> String {
+    format!(
+        "state = {REQUEUE_STATE}, attempts = 0, run_at = now(), finished_at = NULL, \
+         leased_by = NULL, leased_at = NULL, lease_expires_at = NULL, lease_token = NULL, \
+         updated_at = now()"
+    )
+}
+
 /// Runs one fenced single-job transition with its audit row; on no match, tells
 /// "no such job" from "wrong state".
 async fn transition_job<'a>(
@@ -184,10 +202,8 @@ pub async fn cancel_job<'a>(
 ) -> Result<Job> {
     let sql = format!(
         "WITH c AS (
-             UPDATE jobs j
-                SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL, lease_token = NULL,
-                    updated_at = now()
-              WHERE j.id = $1 AND j.state IN ('queued', 'paused', 'processing')
+             UPDATE jobs j SET {CANCEL_ASSIGNMENTS}
+              WHERE j.id = $1 AND j.state IN {CANCELLABLE_STATES}
              RETURNING {JOB_COLUMNS}
          ), told AS (SELECT pg_notify('sluice_done', id::text) FROM c)
          SELECT * FROM c WHERE (SELECT count(*) FROM told) >= 0"
@@ -203,12 +219,10 @@ pub async fn retry_job<'a>(
     actor: &Actor<'_>,
 ) -> Result<Job> {
     let sql = format!(
-        "UPDATE jobs j
-            SET state = {REQUEUE_STATE}, attempts = 0, run_at = now(), finished_at = NULL,
-                leased_by = NULL, leased_at = NULL, lease_expires_at = NULL, lease_token = NULL,
-                updated_at = now()
-          WHERE j.id = $1 AND j.state IN ('failed', 'cancelled')
-         RETURNING {JOB_COLUMNS}"
+        "UPDATE jobs j SET {assignments}
+          WHERE j.id = $1 AND j.state IN {RETRYABLE_STATES}
+         RETURNING {JOB_COLUMNS}",
+        assignments = retry_assignments()
     );
     transition_job(db, id, "retry", &sql, actor).await
 }

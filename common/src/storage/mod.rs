@@ -20,6 +20,8 @@
 //!   housekeeping (rescue, next wake-up, kind registration, deleting old jobs).
 //! - [`admin`]: pause, resume, release, cancel, retry, each with its audit row.
 //! - [`read`]: jobs, counts, kinds, the audit trail, the database clock.
+//! - [`ui`]: the operator web UI's overview counts and chart, bulk retry/cancel by
+//!   filter (one audited transaction each), and sign-in sessions.
 //!
 //! Everything is re-exported here, so callers write `storage::lease_jobs`.
 //!
@@ -53,11 +55,13 @@ mod admin;
 mod enqueue;
 mod lease;
 mod read;
+mod ui;
 
 pub use admin::*;
 pub use enqueue::*;
 pub use lease::*;
 pub use read::*;
+pub use ui::*;
 
 /// Channel the workers LISTEN on for runnable jobs (sent by the migration's triggers).
 pub const JOBS_CHANNEL: &str = "sluice_jobs";
