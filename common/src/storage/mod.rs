@@ -65,5 +65,15 @@ const DONE_IDS_PER_STATEMENT: usize = 350;
 
 /// SQL for "the state a job goes back to when it may run again": `paused` while its kind
 /// is paused through the API/CLI, else `queued`.
-const REQUEUE_STATE: &str =
-    "CASE WHEN EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = j.kind AND p.paused) THEN 'paused' ELSE 'queued' END";
+///
+/// Serialised against pause/resume: `FOR SHARE` on the kind's row waits for a pause or
+/// resume in flight (which holds the row from its first statement to its commit) and then,
+/// in READ COMMITTED, re-reads the newest version of the row, so a writer never writes the
+/// answer of a snapshot taken before that commit. A writer that locked first makes the
+/// pause/resume wait for it, and the pause/resume's later `UPDATE jobs` statement (a new
+/// snapshot) then sees the writer's row and moves it. A kind with no `job_kinds` row yields
+/// `queued` with no lock: a pause creating that row concurrently may miss such a job, which
+/// is harmless because the lease refuses every job of a paused kind whatever its state.
+/// A scalar subquery, because `FOR SHARE` may not sit on the nullable side of a join.
+const REQUEUE_STATE: &str = "CASE WHEN coalesce((SELECT p.paused FROM job_kinds p WHERE p.kind = j.kind FOR SHARE), false) \
+     THEN 'paused' ELSE 'queued' END";
