@@ -13,12 +13,15 @@
 //! - [`state`]: what handlers share, including readiness flags and metrics.
 //! - [`batcher`]: concurrent enqueues coalesced into one INSERT and one commit.
 //! - [`waiters`]: long-polls woken by one shared LISTEN on `sluice_done`.
+//! - [`server`]: the accept loop: header-read timeout, and a drain that closes connections
+//!   holding no request.
 
 pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod problem;
 pub mod routes;
+pub mod server;
 pub mod state;
 pub mod waiters;
 
@@ -31,8 +34,9 @@ use std::{
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{HeaderValue, StatusCode},
+    http::{header, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
+    response::IntoResponse,
     response::Response,
     Router,
 };
@@ -63,9 +67,19 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track_in_flight))
+        .layer(middleware::from_fn_with_state(state.clone(), detach))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout,
+        ))
+        .layer(middleware::from_fn(problem::problem_documents))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            report_database_trouble,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            close_connections_while_draining,
         ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -105,9 +119,75 @@ async fn track_in_flight(State(state): State<AppState>, req: Request, next: Next
     let _guard = state
         .in_flight
         .enter(req.method().to_string(), req.uri().path().to_string());
-    state.metrics.in_flight.inc();
+    // Decremented on drop too: a request whose client left must not stay counted.
+    let _gauge = GaugeGuard::inc(&state.metrics.in_flight);
+    next.run(req).await
+}
+
+/// Holds a gauge one higher until dropped.
+struct GaugeGuard(prometheus::IntGauge);
+
+impl GaugeGuard {
+    fn inc(gauge: &prometheus::IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Runs a request that may write (anything but GET/HEAD) in a task of its own, so a client
+/// that goes away, or the timeout layer giving up on it, never drops its work halfway: a
+/// dropped future can leave a pooled connection between `BEGIN` and `COMMIT` (or its
+/// transaction depth out of step with the server's), and the next request to use that
+/// connection would run in a transaction it did not open. The answer of a detached
+/// request whose client left is discarded; its work completes or rolls back whole.
+async fn detach(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        // Reads run single statements outside transactions, and a long-poll should end
+        // with its client.
+        return next.run(req).await;
+    }
+    match state.detached.spawn(next.run(req)).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            tracing::error!(error = %err, "request task failed");
+            problem::ApiError::Internal.into_response()
+        }
+    }
+}
+
+/// Tells readiness when a request met a lost database connection, so `/health/ready`
+/// turns 503 at once instead of at the next periodic check.
+async fn report_database_trouble(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let resp = next.run(req).await;
-    state.metrics.in_flight.dec();
+    if let Some(problem::DatabaseTrouble(failure)) = resp.extensions().get() {
+        state.readiness.report(*failure);
+    }
+    resp
+}
+
+/// During the drain every response carries `Connection: close`: a keep-alive client
+/// reconnects (to another replica, readiness being 503) after its answer, instead of
+/// finding its connection closed under its next request.
+async fn close_connections_while_draining(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if state.readiness.is_draining() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 
@@ -204,9 +284,15 @@ impl Application {
         let in_flight = state.in_flight.clone();
         let pool = state.client.pool().clone();
         let background = state.background.clone();
+        let detached = state.detached.clone();
         let app = router(state);
-        let server = axum::serve(listener, app).with_graceful_shutdown(stop_accepting);
-        let server = std::future::IntoFuture::into_future(server);
+        let server = async move {
+            server::serve(listener, app, stop_accepting).await;
+            // Requests whose clients left still finish before the pool closes.
+            detached.close();
+            detached.wait().await;
+            Ok::<(), std::io::Error>(())
+        };
         tokio::pin!(server);
 
         let soft = signals.soft.clone();

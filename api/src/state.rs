@@ -12,8 +12,9 @@ use std::{
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use sluice_common::{metrics, JobClient};
-use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+use sqlx::{Connection, PgPool};
+use tokio::sync::Notify;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{batcher::Batcher, config::Settings, waiters::Waiters};
 
@@ -36,6 +37,9 @@ pub struct AppState {
     pub in_flight: InFlight,
     /// Stops the background tasks (listener, database check) this state started.
     pub background: CancellationToken,
+    /// Request work detached from its client ([`crate::detach`]): the drain waits for it,
+    /// so a request whose client left still ends before the pool closes.
+    pub detached: TaskTracker,
 }
 
 impl AppState {
@@ -56,17 +60,29 @@ impl AppState {
             metrics,
             in_flight: InFlight::default(),
             background,
+            detached: TaskTracker::new(),
         }
     }
 }
+
+/// How often the database is checked while it answers.
+const CHECK_EVERY_OK: Duration = Duration::from_secs(1);
+/// How often it is checked while it does not, so readiness comes back soon after it does.
+const CHECK_EVERY_FAILING: Duration = Duration::from_millis(200);
+/// Longest a check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Readiness flags, flipped by the signal handler and a background database check.
 #[derive(Debug, Clone)]
 pub struct Readiness {
     /// Set once, the instant SIGTERM arrives.
     draining: Arc<AtomicBool>,
-    /// Result of the latest background `SELECT 1`.
+    /// Cancelled together with `draining`: wakes the long-polls, which answer at once.
+    drain: CancellationToken,
+    /// Result of the latest database check (or a request's lost connection since).
     database_ok: Arc<AtomicBool>,
+    /// Asks the checker to check now (a request saw the database fail).
+    recheck: Arc<Notify>,
     /// `sluice_shutting_down`, flipped together with `draining`.
     gauge: IntGauge,
 }
@@ -86,7 +102,9 @@ impl Readiness {
     fn new(gauge: IntGauge) -> Self {
         Readiness {
             draining: Arc::new(AtomicBool::new(false)),
+            drain: CancellationToken::new(),
             database_ok: Arc::new(AtomicBool::new(false)),
+            recheck: Arc::new(Notify::new()),
             gauge,
         }
     }
@@ -95,36 +113,86 @@ impl Readiness {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.gauge.set(1);
+        self.drain.cancel();
+    }
+
+    /// Whether SIGTERM arrived.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Fires when the drain starts (at once if it has).
+    pub fn drain_started(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// A request saw the database fail: a lost connection makes readiness 503 now, and
+    /// the checker checks at once (and then often) to tell when it is back. Other
+    /// transient failures (a statement timeout, a lost race) say nothing about readiness.
+    pub fn report(&self, failure: sluice_common::error::Failure) {
+        if failure != sluice_common::error::Failure::ConnectionLost {
+            return;
+        }
+        if self.database_ok.swap(false, Ordering::SeqCst) {
+            tracing::warn!("a request lost its database connection; reporting not ready");
+        }
+        self.recheck.notify_one();
     }
 
     /// The current answer.
     pub fn status(&self) -> ReadyStatus {
         if self.draining.load(Ordering::SeqCst) {
             ReadyStatus::Draining
-        } else if !self.database_ok.load(Ordering::Relaxed) {
+        } else if !self.database_ok.load(Ordering::SeqCst) {
             ReadyStatus::DatabaseUnavailable
         } else {
             ReadyStatus::Ready
         }
     }
 
+    /// Checks the database on a connection of its own (made like the pool's): a pool busy
+    /// with requests is load, not an outage, and must not make the API look down; a pool
+    /// of one must not be shared with the check either.
     fn spawn_database_check(&self, pool: PgPool, stop: CancellationToken) {
         let ok = self.database_ok.clone();
+        let recheck = self.recheck.clone();
+        let options = pool.connect_options().as_ref().clone();
         tokio::spawn(async move {
+            let mut conn: Option<sqlx::PgConnection> = None;
             loop {
-                let result = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool),
-                )
+                let result = tokio::time::timeout(CHECK_TIMEOUT, async {
+                    if conn.is_none() {
+                        conn = Some(sqlx::PgConnection::connect_with(&options).await?);
+                    }
+                    match conn.as_mut() {
+                        Some(c) => sqlx::query_scalar::<_, i32>("SELECT 1")
+                            .fetch_one(c)
+                            .await
+                            .map(|_| ()),
+                        None => Ok(()),
+                    }
+                })
                 .await;
-                let now_ok = matches!(result, Ok(Ok(_)));
-                let was_ok = ok.swap(now_ok, Ordering::Relaxed);
+                let now_ok = matches!(result, Ok(Ok(())));
+                if !now_ok {
+                    // A timed-out or failed connection is in an unknown state.
+                    conn = None;
+                }
+                let was_ok = ok.swap(now_ok, Ordering::SeqCst);
                 if was_ok && !now_ok {
                     tracing::warn!("database check failed; reporting not ready");
+                } else if !was_ok && now_ok {
+                    tracing::info!("database check passed; reporting ready");
                 }
+                let every = if now_ok {
+                    CHECK_EVERY_OK
+                } else {
+                    CHECK_EVERY_FAILING
+                };
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = recheck.notified() => {}
+                    _ = tokio::time::sleep(every) => {}
                 }
             }
         });
