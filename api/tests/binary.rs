@@ -95,7 +95,7 @@ impl Api {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = self
                 .http
@@ -131,7 +131,7 @@ impl Api {
 
     /// Waits until the API reports `n` requests in flight.
     async fn wait_in_flight(&self, n: i64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let want = format!("sluice_http_requests_in_flight {n}");
         loop {
             if let Ok(r) = self.http.get(&self.metrics).send().await {
@@ -163,7 +163,7 @@ impl Api {
     }
 
     async fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !self.log().iter().any(|l| l.contains(needle)) {
             assert!(
                 Instant::now() < deadline,
@@ -279,7 +279,7 @@ async fn sigterm_flips_readiness_answers_every_long_poll_at_once_and_serves_thro
     assert_eq!(probe.get(&ready_url).send().await.unwrap().status(), 200);
     api.signal("-TERM");
     // How fast it flips is a figure for `make bench`; here only that it does.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let r = probe.get(&ready_url).send().await.unwrap();
         if r.status() == 503 {
@@ -676,6 +676,68 @@ async fn clients_that_hang_up_mid_batch_leave_every_batch_whole_and_no_connectio
         notices.len(),
         notices.iter().take(3).collect::<Vec<_>>()
     );
+    api.signal("-TERM");
+    assert_eq!(api.wait_exit(Duration::from_secs(30)).await, 0);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn readiness_follows_the_database_down_and_back_up(pool: PgPool) {
+    let mut api = Api::spawn(&db_url(&pool), &[]);
+    api.wait_ready().await;
+    let id = api.enqueue().await;
+    // From the server's main database: a database cannot refuse connections to itself.
+    let db = pool.connect_options().get_database().unwrap().to_string();
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&std::env::var("DATABASE_URL").unwrap())
+            .await
+            .unwrap();
+    let set = |allow: bool| format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS {allow}");
+    sqlx::query(&set(false)).execute(&mut admin).await.unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = $1 AND application_name = 'sluice-api'",
+    )
+    .bind(&db)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    // Down: readiness says so, and requests are 503 with Retry-After, not 500.
+    let ready_url = format!("{}/health/ready", api.base);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.http.get(&ready_url).send().await.unwrap();
+        if r.status() == 503 {
+            assert_eq!(
+                r.json::<Value>().await.unwrap(),
+                json!({"status": "database_unavailable"})
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = api
+        .http
+        .get(format!("{}/v1/jobs/{id}", api.base))
+        .bearer_auth(ENQ)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{:?}", api.log());
+    assert!(r.headers().contains_key("retry-after"));
+
+    // Back up: ready again, and serving.
+    sqlx::query(&set(true)).execute(&mut admin).await.unwrap();
+    api.wait_ready().await;
+    let r = api
+        .http
+        .get(format!("{}/v1/jobs/{id}", api.base))
+        .bearer_auth(ENQ)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     api.signal("-TERM");
     assert_eq!(api.wait_exit(Duration::from_secs(30)).await, 0);
 }

@@ -73,6 +73,12 @@ pub fn classify(err: &sqlx::Error) -> Failure {
                 // admin_shutdown, crash_shutdown, cannot_connect_now; class 08: connection
                 "57P01" | "57P02" | "57P03" => Failure::ConnectionLost,
                 c if c.starts_with("08") => Failure::ConnectionLost,
+                // Refusals of a new session, which only connecting raises (none of our
+                // statements can): the database not accepting connections (55000, as
+                // during a restore or `ALLOW_CONNECTIONS false`), not there (3D000, a
+                // failover in progress), credentials refused (class 28, a rotation).
+                "55000" | "3D000" => Failure::ConnectionLost,
+                c if c.starts_with("28") => Failure::ConnectionLost,
                 // query_canceled (statement_timeout), lock_not_available, idle session
                 // timeouts, read_only_sql_transaction (a standby after failover); class 53:
                 // insufficient resources (too many connections, out of memory, disk full)
