@@ -738,8 +738,28 @@ async fn no_job_stays_paused_after_resume_however_enqueues_race_a_hundred_pause_
     // `sluicectl` pauses and resumes the kind 100 times; they stop when the cycles do, so
     // the test is bounded by the cycles, not by a clock.
     let url = url_of(&pool);
+    // A pool with a place for every task below, so none waits on another for a connection.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(24)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
     let client = JobClient::new(pool.clone());
     enqueue(&client, "race", 1).await;
+    // An operator cancelling and retrying jobs meanwhile: a retry also picks `queued` or
+    // `paused` by the kind (as do the workers' fail, interrupt and rescue, and release).
+    let kept: Vec<i64> = client
+        .enqueue_batch(
+            &(0..4)
+                .map(|i| NewJob::new("race", json!({ "kept": i })))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut enqueuers = Vec::new();
     for n in 0..16 {
@@ -772,12 +792,30 @@ async fn no_job_stays_paused_after_resume_however_enqueues_race_a_hundred_pause_
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 sqlx::query(
                     "UPDATE jobs SET state = 'completed', finished_at = now()
-                      WHERE kind = 'race' AND state = 'queued'",
+                      WHERE kind = 'race' AND state = 'queued' AND NOT payload ? 'kept'",
                 )
                 .execute(&pool)
                 .await
                 .unwrap();
             }
+        })
+    };
+    let operator = {
+        let (pool, stop, kept) = (pool.clone(), stop.clone(), kept.clone());
+        tokio::spawn(async move {
+            let actor = sluice_common::model::Actor {
+                name: "tester",
+                reason: None,
+            };
+            let mut retried = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for id in &kept {
+                    storage::cancel_job(&pool, *id, &actor).await.unwrap();
+                    storage::retry_job(&pool, *id, &actor).await.unwrap();
+                    retried += 1;
+                }
+            }
+            retried
         })
     };
     for cycle in 0..100 {
@@ -788,6 +826,7 @@ async fn no_job_stays_paused_after_resume_however_enqueues_race_a_hundred_pause_
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     finisher.await.unwrap();
+    assert!(operator.await.unwrap() > 0);
     let mut written = 0;
     for e in enqueuers {
         written += e.await.unwrap();
@@ -801,7 +840,7 @@ async fn no_job_stays_paused_after_resume_however_enqueues_race_a_hundred_pause_
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(total as usize, written + 1);
+    assert_eq!(total as usize, written + 1 + kept.len());
     assert!(written > 100, "the enqueuers barely ran: {written}");
     assert_eq!(
         stranded, 0,

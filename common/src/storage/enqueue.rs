@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgExecutor};
 use crate::error::{Error, Result};
 use crate::model::{Enqueued, InvalidJob, Job, NewJob, JOB_COLUMNS};
 
-use super::MAX_BATCH;
+use super::{KIND_GATE_CLASS, MAX_BATCH};
 
 /// Inserts one job; an existing `(kind, idempotency_key)` returns that job instead.
 ///
@@ -19,7 +19,9 @@ pub async fn insert_job(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueue
     let sql = format!(
         "INSERT INTO jobs (kind, payload, state, priority, run_at, max_attempts, idempotency_key, traceparent)
          SELECT $1, $2,
-                CASE WHEN coalesce((SELECT k.paused FROM job_kinds k WHERE k.kind = $1 FOR SHARE), false)
+                CASE WHEN coalesce((SELECT k.paused FROM job_kinds k WHERE k.kind = $1
+                                       AND pg_advisory_xact_lock_shared({KIND_GATE_CLASS}, hashtext(k.kind)) IS NOT NULL
+                                       FOR SHARE), false)
                      THEN 'paused' ELSE 'queued' END,
                 $3, coalesce($4, now()), $5, $6, $7
          ON CONFLICT (kind, idempotency_key) DO NOTHING
@@ -106,14 +108,19 @@ async fn insert_sorted_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<
     // Rows are produced in `ord` order and RETURNING reports them in insertion order, so
     // keyless jobs can be matched to their input by position.
     //
-    // `k` locks each kind's row once per statement (not once per job) `FOR SHARE`: that
-    // serialises the batch against a pause/resume in flight, as `REQUEUE_STATE` in the
-    // module root explains. MATERIALIZED keeps the lock inside the CTE, since `FOR SHARE`
-    // may not sit on the nullable side of the LEFT JOIN.
+    // `gate` then `k` take each kind's advisory lock shared and its row `FOR SHARE`, once
+    // per statement (not once per job): that serialises the batch against a pause/resume
+    // in flight, as `REQUEUE_STATE` in the module root explains. Advisory locks are taken
+    // in kind order, so batches of several kinds cannot deadlock with pauses of several.
+    // MATERIALIZED keeps the row lock inside the CTE, since `FOR SHARE` may not sit on the
+    // nullable side of the LEFT JOIN.
     let sql = format!(
-        "WITH k AS MATERIALIZED (
+        "WITH gate AS MATERIALIZED (
+             SELECT pg_advisory_xact_lock_shared({KIND_GATE_CLASS}, hashtext(kind))
+               FROM (SELECT DISTINCT kind FROM unnest($1::text[]) AS u(kind) ORDER BY kind) s
+         ), k AS MATERIALIZED (
              SELECT kind, paused FROM job_kinds
-              WHERE kind = ANY($1::text[])
+              WHERE kind = ANY($1::text[]) AND (SELECT count(*) FROM gate) >= 0
               ORDER BY kind
                 FOR SHARE
          )
