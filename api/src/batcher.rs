@@ -5,10 +5,20 @@
 //! [`MAX_BATCH`] of them in one transaction, and answers each caller only after the
 //! commit, so every `201` is durable. While batches are being written, new requests queue
 //! for the next one.
+//!
+//! A coalesced batch must never let one caller's trouble fail another's request:
+//! - rows are written sorted by `(kind, idempotency_key)` ([`storage::insert_jobs`]), so
+//!   two batches with overlapping keys wait for each other instead of deadlocking;
+//! - a lost race (serialization failure, deadlock) is retried a few times as a batch;
+//! - a batch that still fails for any reason but a lost connection is written again row by
+//!   row, each job in its own statement, so only the caller whose row is refused hears
+//!   of it (and with that row's own answer: 422, 503 or 500).
 
 use std::sync::Arc;
 
-use sluice_common::{model::Enqueued, storage, storage::MAX_BATCH, NewJob};
+use sluice_common::{
+    error::Failure, model::Enqueued, storage, storage::MAX_BATCH, Error as CommonError, NewJob,
+};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -16,6 +26,9 @@ use crate::problem::ApiError;
 
 /// Batches written at once: enough to keep Postgres busy while the next batch fills.
 const CONCURRENT_BATCHES: usize = 4;
+/// Times a batch that lost a race (serialization failure, deadlock) is written again
+/// before falling back to row by row.
+pub const CONFLICT_RETRIES: usize = 3;
 
 type Reply = oneshot::Sender<Result<Enqueued, ApiError>>;
 
@@ -67,24 +80,60 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<(NewJob, Reply)>) {
 
 async fn write(pool: &PgPool, batch: Vec<(NewJob, Reply)>) {
     let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = batch.into_iter().unzip();
-    let result = async {
-        let mut tx = pool.begin().await?;
-        let out = storage::insert_jobs(&mut tx, &jobs).await?;
-        tx.commit().await?;
-        Ok::<_, sluice_common::Error>(out)
-    }
-    .await;
-    match result {
-        Ok(out) => {
-            for (reply, enqueued) in replies.into_iter().zip(out) {
-                let _ = reply.send(Ok(enqueued));
+    let mut tries = 0;
+    let err = loop {
+        match write_batch(pool, &jobs).await {
+            Ok(out) => {
+                for (reply, enqueued) in replies.into_iter().zip(out) {
+                    let _ = reply.send(Ok(enqueued));
+                }
+                return;
             }
+            Err(err) if err.failure() == Failure::Conflict && tries < CONFLICT_RETRIES => {
+                tries += 1;
+                tracing::info!(error = %err, jobs = jobs.len(), tries, "enqueue batch lost a race; writing it again");
+            }
+            Err(err) => break err,
         }
-        Err(err) => {
-            tracing::error!(error = %err, jobs = jobs.len(), "enqueue batch failed");
-            for reply in replies {
-                let _ = reply.send(Err(ApiError::Unavailable));
+    };
+    if jobs.len() == 1 || err.failure() == Failure::ConnectionLost {
+        // Nothing to single out: one caller, or a connection that every row would lose.
+        let failure = err.failure();
+        let mut answer = Some(ApiError::from(err));
+        for reply in replies {
+            let e = answer.take().unwrap_or(ApiError::Database(failure));
+            let _ = reply.send(Err(e));
+        }
+        return;
+    }
+    tracing::warn!(error = %err, jobs = jobs.len(), "enqueue batch failed; writing its rows one by one");
+    for (job, reply) in jobs.iter().zip(replies) {
+        let _ = reply.send(write_one(pool, job).await);
+    }
+}
+
+/// One INSERT and one commit for the whole batch.
+async fn write_batch(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Enqueued>, CommonError> {
+    let mut tx = pool.begin().await?;
+    let out = storage::insert_jobs(&mut tx, jobs).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// One job on its own, retrying lost races like a batch: its caller's answer alone.
+async fn write_one(pool: &PgPool, job: &NewJob) -> Result<Enqueued, ApiError> {
+    let mut tries = 0;
+    loop {
+        let result = async {
+            let mut conn = pool.acquire().await?;
+            storage::insert_job(&mut conn, job).await
+        }
+        .await;
+        match result {
+            Err(err) if err.failure() == Failure::Conflict && tries < CONFLICT_RETRIES => {
+                tries += 1;
             }
+            other => return other.map_err(ApiError::from),
         }
     }
 }

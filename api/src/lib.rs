@@ -20,6 +20,7 @@ pub mod batcher;
 pub mod config;
 pub mod problem;
 pub mod routes;
+pub mod server;
 pub mod state;
 pub mod ui;
 pub mod waiters;
@@ -33,6 +34,7 @@ use std::{
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{header, HeaderValue, Method},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     Router,
@@ -53,9 +55,11 @@ use crate::{
 };
 
 /// Every route with its layers, outermost first: a request id (a UUID unless the caller
-/// sent one), the server span, the id echoed on the response, then [`observe`] (in-flight
-/// register, request timeout, metrics and the status on the span and in the log) around the
-/// body limit and the routes.
+/// sent one), the server span, the id echoed on the response, `Connection: close` while
+/// draining, readiness told of lost database connections, every error as problem+json,
+/// then [`observe`] (in-flight register, request timeout, metrics and the status on the
+/// span and in the log), [`detach`] (writes run to the end whatever the client does),
+/// the body limit and the routes.
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
     Router::new()
@@ -69,7 +73,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), detach))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(problem::problem_documents))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            report_database_trouble,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            close_connections_while_draining,
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         // TraceLayer's own failure log is off: it would log every 5xx at ERROR, the
         // readiness probe's 503 during a drain included. `observe` classifies instead.
@@ -215,6 +229,60 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     resp
 }
 
+/// Runs a request that may write (anything but GET/HEAD) in a task of its own, so a client
+/// that goes away, or the timeout giving up on it, never drops its work halfway: a dropped
+/// future can leave a pooled connection between `BEGIN` and `COMMIT` (or its transaction
+/// depth out of step with the server's), and the next request to use that connection would
+/// run in a transaction it did not open. The answer of a detached request whose client left
+/// is discarded; its work completes or rolls back whole. The task keeps the server span, so
+/// the route, the status and the traceparent stored with an enqueued job stay this
+/// request's.
+async fn detach(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        // Reads run single statements outside transactions, and a long-poll should end
+        // with its client.
+        return next.run(req).await;
+    }
+    let work = tracing::Instrument::instrument(next.run(req), Span::current());
+    match state.detached.spawn(work).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            tracing::error!(error = %err, "request task failed");
+            problem::ApiError::Internal.into_response()
+        }
+    }
+}
+
+/// Tells readiness when a request met a lost database connection, so `/health/ready`
+/// turns 503 at once instead of at the next periodic check.
+async fn report_database_trouble(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let resp = next.run(req).await;
+    if let Some(problem::DatabaseTrouble(failure)) = resp.extensions().get() {
+        state.readiness.report(*failure);
+    }
+    resp
+}
+
+/// During the drain every response carries `Connection: close`: a keep-alive client
+/// reconnects (to another replica, readiness being 503) after its answer, instead of
+/// finding its connection closed under its next request.
+async fn close_connections_while_draining(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if state.readiness.is_draining() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 /// The bound listeners and state, ready to serve.
 #[derive(Debug)]
 pub struct Application {
@@ -293,9 +361,15 @@ impl Application {
         let in_flight = state.in_flight.clone();
         let pool = state.client.pool().clone();
         let background = state.background.clone();
+        let detached = state.detached.clone();
         let app = router(state);
-        let server = axum::serve(listener, app).with_graceful_shutdown(stop_accepting);
-        let server = std::future::IntoFuture::into_future(server);
+        let server = async move {
+            server::serve(listener, app, stop_accepting).await;
+            // Requests whose clients left still finish before the pool closes.
+            detached.close();
+            detached.wait().await;
+            Ok::<(), std::io::Error>(())
+        };
         tokio::pin!(server);
 
         let soft = signals.soft.clone();

@@ -8,7 +8,10 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use sluice_common::Error as CommonError;
+use sluice_common::{
+    error::{classify, Failure},
+    Error as CommonError,
+};
 
 /// Everything a request can fail with. Database details are logged, never sent.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +49,13 @@ pub enum ApiError {
     /// Body is not declared as JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// The database is unreachable or overloaded; worth retrying.
+    /// The service cannot take this now (shutting down, its queue full); worth retrying.
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable,
+    /// The database failed in a way worth retrying (a lost race, a terminated connection,
+    /// a statement timeout): 503 with `Retry-After`, and readiness hears of it.
+    #[error("the database is temporarily unavailable; retry later")]
+    Database(Failure),
     /// Anything else; details are in the server log.
     #[error("internal error; see the server log")]
     Internal,
@@ -67,7 +74,7 @@ impl ApiError {
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,7 +91,7 @@ impl ApiError {
             ApiError::RequestTimeout => "request-timeout",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
-            ApiError::Unavailable => "unavailable",
+            ApiError::Unavailable | ApiError::Database(_) => "unavailable",
             ApiError::Internal => "internal",
         }
     }
@@ -107,16 +114,28 @@ impl From<CommonError> for ApiError {
     }
 }
 
-/// Logs a database error with its details and picks what the client may know.
+/// Logs a database error with its details and picks what the client may know: anything
+/// transient (SQLSTATE classes 08, 53, 40001/40P01, 57014, 57P01-03, pool timeouts) is a
+/// 503 to retry, never a 500.
 pub fn db_error(err: sqlx::Error) -> ApiError {
-    tracing::error!(error = %err, "database error");
-    match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            ApiError::Unavailable
+    match classify(&err) {
+        Failure::Permanent => {
+            tracing::error!(error = %err, "database error");
+            ApiError::Internal
         }
-        _ => ApiError::Internal,
+        failure => {
+            tracing::warn!(error = %err, ?failure, "transient database error");
+            ApiError::Database(failure)
+        }
     }
 }
+
+/// Seconds a client is told to wait before retrying a 503.
+pub const RETRY_AFTER_SECS: &str = "1";
+
+/// Marks a response answered with a transient database failure, for the readiness check.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseTrouble(pub Failure);
 
 impl From<JsonRejection> for ApiError {
     fn from(rej: JsonRejection) -> Self {
@@ -150,11 +169,20 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = problem_body(status, self.slug(), &self.to_string());
         let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::Database(failure) = self {
+            resp.extensions_mut().insert(DatabaseTrouble(failure));
+        }
         let headers = resp.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
         if let ApiError::Unauthorized { bad_token } = self {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -185,6 +213,61 @@ where
             .map(|axum::Json(v)| ApiJson(v))
             .map_err(ApiError::from)
     }
+}
+
+/// Rewrites any error response that is not JSON already (axum's own rejections of
+/// a path segment that is not UTF-8, a body over the limit, the timeout layer's 408) into
+/// one, keeping its status and using its text as the detail.
+pub async fn problem_documents(req: Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    // Ours are problem documents already; a JSON body (`/health/ready`'s 503) is a
+    // documented answer of its own.
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"application/problem+json") || v.starts_with(b"application/json")
+    });
+    if is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    // axum's rejections are short texts; anything longer is cut, not buffered whole.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let slug = match status {
+        StatusCode::BAD_REQUEST => "bad-request",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::REQUEST_TIMEOUT => "request-timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid-input",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_client_error() => "bad-request",
+        _ => "internal",
+    };
+    let mut out = (status, axum::Json(problem_body(status, slug, &detail))).into_response();
+    let headers = out.headers_mut();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    out
 }
 
 /// Fallback for unknown routes.

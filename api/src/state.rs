@@ -16,7 +16,8 @@ use sluice_common::{
     metrics, JobClient,
 };
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{batcher::Batcher, config::Settings, waiters::Waiters};
 
@@ -39,6 +40,9 @@ pub struct AppState {
     pub in_flight: InFlight,
     /// Stops the background tasks (listener, database check) this state started.
     pub background: CancellationToken,
+    /// Request work detached from its client ([`crate::detach`]): the drain waits for it,
+    /// so a request whose client left still ends before the pool closes.
+    pub detached: TaskTracker,
 }
 
 impl AppState {
@@ -63,18 +67,29 @@ impl AppState {
             metrics,
             in_flight: InFlight::default(),
             background,
+            detached: TaskTracker::new(),
         }
     }
 }
+
+/// How often the database is checked while it answers.
+const CHECK_EVERY_OK: Duration = Duration::from_secs(1);
+/// How often it is checked while it does not, so readiness comes back soon after it does.
+const CHECK_EVERY_FAILING: Duration = Duration::from_millis(200);
 
 /// Readiness flags, flipped by the signal handler and a background database check.
 #[derive(Debug, Clone)]
 pub struct Readiness {
     /// Set once, the instant SIGTERM arrives.
     draining: Arc<AtomicBool>,
+    /// Cancelled together with `draining`: wakes the long-polls, which answer at once.
+    drain: CancellationToken,
     /// Result of the latest background check (reachable, and the schema this binary
-    /// needs is applied). A probe reads it; it never queries the database itself.
+    /// needs is applied), or a request's lost connection since. A probe reads it; it
+    /// never queries the database itself.
     database: Arc<RwLock<DbStatus>>,
+    /// Asks the checker to check now (a request saw the database fail).
+    recheck: Arc<Notify>,
     /// `sluice_shutting_down`, flipped together with `draining`.
     gauge: IntGauge,
 }
@@ -110,17 +125,15 @@ impl ReadyStatus {
     }
 }
 
-/// How often the background check runs; readiness lags a database change by at most this
-/// plus one check's timeout.
-const CHECK_INTERVAL: Duration = Duration::from_secs(2);
-
 impl Readiness {
     fn new(gauge: IntGauge) -> Self {
         Readiness {
             draining: Arc::new(AtomicBool::new(false)),
+            drain: CancellationToken::new(),
             database: Arc::new(RwLock::new(DbStatus::Unavailable(
                 "starting: the first database check has not finished".into(),
             ))),
+            recheck: Arc::new(Notify::new()),
             gauge,
         }
     }
@@ -129,6 +142,33 @@ impl Readiness {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.gauge.set(1);
+        self.drain.cancel();
+    }
+
+    /// Whether SIGTERM arrived.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Fires when the drain starts (at once if it has).
+    pub fn drain_started(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// A request saw the database fail: a lost connection makes readiness 503 now, and
+    /// the checker checks at once (and then often) to tell when it is back. Other
+    /// transient failures (a statement timeout, a lost race) say nothing about readiness.
+    pub fn report(&self, failure: sluice_common::error::Failure) {
+        if failure != sluice_common::error::Failure::ConnectionLost {
+            return;
+        }
+        if let Ok(mut db) = self.database.write() {
+            if *db == DbStatus::Ready {
+                tracing::warn!("a request lost its database connection; reporting not ready");
+                *db = DbStatus::Unavailable("connect: a request lost its connection".into());
+            }
+        }
+        self.recheck.notify_one();
     }
 
     /// The current answer.
@@ -143,8 +183,12 @@ impl Readiness {
         }
     }
 
+    /// Checks the database, and the schema this binary needs, on a connection of its own
+    /// (made like the pool's): a pool busy with requests is load, not an outage, and must
+    /// not make the API look down; a pool of one must not be shared with the check either.
     fn spawn_database_check(&self, pool: PgPool, tls: TlsSettings, stop: CancellationToken) {
         let database = self.database.clone();
+        let recheck = self.recheck.clone();
         tokio::spawn(async move {
             // Logs each change of answer once (DatabaseCheck remembers the last one).
             let mut check = DatabaseCheck::new(pool, tls);
@@ -153,12 +197,19 @@ impl Readiness {
                     _ = stop.cancelled() => return,
                     status = check.check() => status,
                 };
+                let now_ok = status == DbStatus::Ready;
                 if let Ok(mut slot) = database.write() {
                     *slot = status;
                 }
+                let every = if now_ok {
+                    CHECK_EVERY_OK
+                } else {
+                    CHECK_EVERY_FAILING
+                };
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(CHECK_INTERVAL) => {}
+                    _ = recheck.notified() => {}
+                    _ = tokio::time::sleep(every) => {}
                 }
             }
         });

@@ -256,8 +256,12 @@ fn log_line(status: &DbStatus) -> String {
 /// logged once.
 #[derive(Debug)]
 pub struct DatabaseCheck {
-    /// The pool checked (one connection per check, returned at once).
+    /// The pool whose connect options the check uses.
     pool: PgPool,
+    /// The check's own connection, made like the pool's but outside it: a pool busy with
+    /// requests (or a pool of one) is load, not an outage. Dropped after any failure,
+    /// since its state is then unknown.
+    conn: Option<sqlx::PgConnection>,
     /// Named in TLS errors.
     tls: TlsSettings,
     /// The previous answer; `None` before the first check.
@@ -271,6 +275,7 @@ impl DatabaseCheck {
     pub fn new(pool: PgPool, tls: TlsSettings) -> DatabaseCheck {
         DatabaseCheck {
             pool,
+            conn: None,
             tls,
             last: None,
             timeout: Duration::from_secs(2),
@@ -280,6 +285,12 @@ impl DatabaseCheck {
     /// Checks once, logs if the answer changed, returns it.
     pub async fn check(&mut self) -> DbStatus {
         let status = self.probe().await;
+        if !matches!(
+            status,
+            DbStatus::Ready | DbStatus::SchemaMissing { .. } | DbStatus::SchemaOutdated { .. }
+        ) {
+            self.conn = None;
+        }
         if self.last.as_ref() != Some(&status) {
             if status == DbStatus::Ready {
                 tracing::info!(
@@ -299,9 +310,19 @@ impl DatabaseCheck {
         status
     }
 
-    async fn probe(&self) -> DbStatus {
+    async fn probe(&mut self) -> DbStatus {
         let need = required_schema_version();
-        let read = crate::storage::read_schema_version(&self.pool);
+        let options = self.pool.connect_options();
+        let conn = &mut self.conn;
+        let read = async {
+            if conn.is_none() {
+                *conn = Some(sqlx::PgConnection::connect_with(&options).await?);
+            }
+            match conn.as_mut() {
+                Some(c) => crate::storage::read_schema_version(c).await,
+                None => Ok(None),
+            }
+        };
         let err = match tokio::time::timeout(self.timeout, read).await {
             Ok(Ok(Some(have))) if have >= need => return DbStatus::Ready,
             Ok(Ok(Some(have))) => return DbStatus::SchemaOutdated { have, need },

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
 /// What woke the listener.
@@ -22,6 +22,9 @@ pub enum Wakeup {
 /// A LISTEN connection that survives Postgres restarts.
 #[derive(Debug)]
 pub struct Wakeups {
+    /// A pool of its own, of one connection, made with the caller's connect options: the
+    /// LISTEN connection is held for the life of the process, so taking it from the
+    /// caller's pool would leave a pool of one with nothing to serve requests.
     pool: PgPool,
     channels: Vec<String>,
     listener: Option<PgListener>,
@@ -33,8 +36,15 @@ impl Wakeups {
     /// Listens on `channels` using connections made like `pool`'s (outside its limit: a
     /// LISTEN connection is held for the life of the process).
     pub fn new(pool: PgPool, channels: &[&str]) -> Self {
+        let options = pool.connect_options().as_ref().clone();
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(pool.options().get_acquire_timeout())
+            .test_before_acquire(true)
+            .connect_lazy_with(options);
         Wakeups {
-            pool,
+            pool: own,
             channels: channels.iter().map(|c| c.to_string()).collect(),
             listener: None,
             lost: false,

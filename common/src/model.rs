@@ -20,6 +20,14 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 25;
 pub const MAX_KIND_LEN: usize = 200;
 /// Longest idempotency key. Mirrors `jobs_idempotency_key_check`.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Years a `run_at` may fall in. Postgres refuses timestamps before 4713 BC, and RFC 3339
+/// (how the API writes times back) has four-digit years only; this range is inside both,
+/// so a job accepted is a job Postgres stores and every client can read back.
+pub const RUN_AT_YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
+/// Largest magnitude of a JSON number in a payload. Postgres stores JSON numbers as exact
+/// decimals and writes them back in full; one near the edge of a double can come back out
+/// of range and make the stored job unreadable.
+pub const MAX_PAYLOAD_NUMBER: f64 = 1e300;
 
 /// The life cycle of a job (SPEC.md §3). Stored as text so operators can read and write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -184,8 +192,18 @@ impl NewJob {
 
     /// Checks every rule the database would also enforce, so bad input gets a precise
     /// message instead of a constraint name, and nothing reaches the database.
+    ///
+    /// This is the one place that knows what Postgres refuses (text with U+0000, a
+    /// timestamp out of its range, numbers past the CHECK constraints): an input that
+    /// passes here is stored, so one bad job batched with others can never fail them.
     pub fn validate(&self) -> Result<(), InvalidJob> {
         validate_kind(&self.kind)?;
+        if let Some(at) = self.run_at {
+            use chrono::Datelike;
+            if !RUN_AT_YEARS.contains(&at.year()) {
+                return Err(InvalidJob::RunAt(at.to_rfc3339()));
+            }
+        }
         if !PRIORITY_RANGE.contains(&self.priority) {
             return Err(InvalidJob::Priority(self.priority as i64));
         }
@@ -196,11 +214,20 @@ impl NewJob {
             if key.is_empty() || key.chars().count() > MAX_IDEMPOTENCY_KEY_LEN {
                 return Err(InvalidJob::IdempotencyKey);
             }
+            if key.contains('\0') {
+                return Err(InvalidJob::Nul("idempotency_key"));
+            }
         }
         if let Some(tp) = &self.traceparent {
             if !is_valid_traceparent(tp) {
                 return Err(InvalidJob::Traceparent);
             }
+        }
+        if json_has_nul(&self.payload) {
+            return Err(InvalidJob::Nul("payload"));
+        }
+        if !json_numbers_fit(&self.payload) {
+            return Err(InvalidJob::PayloadNumber);
         }
         let size = serde_json::to_vec(&self.payload)
             .map(|v| v.len())
@@ -213,6 +240,35 @@ impl NewJob {
         }
         Ok(())
     }
+}
+
+/// Whether a JSON value holds U+0000 in a string or a key: Postgres text and jsonb cannot.
+pub fn json_has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Whether every number of a JSON value is within ±[`MAX_PAYLOAD_NUMBER`].
+fn json_numbers_fit(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.as_f64().is_some_and(|f| f.abs() <= MAX_PAYLOAD_NUMBER),
+        Value::Array(items) => items.iter().all(json_numbers_fit),
+        Value::Object(map) => map.values().all(json_numbers_fit),
+        _ => true,
+    }
+}
+
+/// Refuses text Postgres cannot store (U+0000), naming the field: for free-text inputs
+/// such as an operator's reason.
+pub fn validate_text(field: &'static str, text: &str) -> Result<(), InvalidJob> {
+    if text.contains('\0') {
+        return Err(InvalidJob::Nul(field));
+    }
+    Ok(())
 }
 
 /// Why a job (or a kind name) was refused before reaching the database.
@@ -230,6 +286,12 @@ pub enum InvalidJob {
     MaxAttempts(i64),
     #[error("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters")]
     IdempotencyKey,
+    #[error("run_at {0} is outside the years 0001 to 9999")]
+    RunAt(String),
+    #[error("{0} holds a NUL character (\\u0000), which Postgres cannot store")]
+    Nul(&'static str),
+    #[error("payload holds a number beyond ±1e300, which cannot be stored exactly")]
+    PayloadNumber,
     #[error("traceparent is not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)")]
     Traceparent,
     #[error("payload is {size} bytes; the limit is {limit}")]
@@ -512,6 +574,29 @@ mod tests {
         assert_eq!(
             ok.clone().traceparent(Some("nope".into())).validate(),
             Err(InvalidJob::Traceparent)
+        );
+        let ancient = chrono::NaiveDate::from_ymd_opt(-5000, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc());
+        assert!(matches!(
+            ok.clone().run_at(ancient.unwrap()).validate(),
+            Err(InvalidJob::RunAt(_))
+        ));
+        assert_eq!(
+            NewJob::new("k", json!({"a": ["x\u{0}"]})).validate(),
+            Err(InvalidJob::Nul("payload"))
+        );
+        assert_eq!(
+            NewJob::new("k", json!({"a\u{0}": 1})).validate(),
+            Err(InvalidJob::Nul("payload"))
+        );
+        assert_eq!(
+            ok.clone().idempotency_key("a\u{0}b").validate(),
+            Err(InvalidJob::Nul("idempotency_key"))
+        );
+        assert_eq!(
+            NewJob::new("k", json!([1e308])).validate(),
+            Err(InvalidJob::PayloadNumber)
         );
         let big = NewJob::new("k", json!("x".repeat(MAX_PAYLOAD_BYTES)));
         assert!(matches!(

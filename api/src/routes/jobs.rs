@@ -16,7 +16,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sluice_common::{
     config::parse_duration,
-    model::{is_valid_traceparent, Actor, InvalidJob, DEFAULT_MAX_ATTEMPTS},
+    error::Failure,
+    model::{is_valid_traceparent, validate_text, Actor, InvalidJob, DEFAULT_MAX_ATTEMPTS},
     storage::MAX_BATCH,
     telemetry, Job, JobState, NewJob,
 };
@@ -57,27 +58,10 @@ pub struct CreateJob {
 }
 
 impl CreateJob {
-    /// The job to insert, or why not (as the client should read it).
+    /// The job to insert, or why not (as the client should read it). Every rule lives in
+    /// [`NewJob::validate`], which knows all that Postgres would refuse.
     fn into_checked_job(self, traceparent: Option<String>) -> Result<NewJob, String> {
-        let job = self.into_new_job(traceparent).map_err(|e| e.to_string())?;
-        if !numbers_round_trip(&job.payload) {
-            return Err(
-                "payload holds a number beyond ±1e300, which cannot be stored exactly".into(),
-            );
-        }
-        if json_has_nul(&job.payload) {
-            return Err(
-                "payload holds a NUL character (\\u0000), which Postgres cannot store".into(),
-            );
-        }
-        if job
-            .idempotency_key
-            .as_deref()
-            .is_some_and(|k| k.contains('\0'))
-        {
-            return Err("idempotency_key holds a NUL character".into());
-        }
-        Ok(job)
+        self.into_new_job(traceparent).map_err(|e| e.to_string())
     }
 
     fn into_new_job(self, traceparent: Option<String>) -> Result<NewJob, InvalidJob> {
@@ -96,28 +80,6 @@ impl CreateJob {
         };
         job.validate()?;
         Ok(job)
-    }
-}
-
-/// Postgres stores JSON numbers as exact decimals and writes them back in full; one near
-/// the edge of a double (|x| > 1e300) can come back out of range and make the stored job
-/// unreadable. Such numbers are refused at the door.
-/// Postgres text and jsonb cannot hold U+0000.
-fn json_has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(json_has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
-        _ => false,
-    }
-}
-
-fn numbers_round_trip(v: &Value) -> bool {
-    match v {
-        Value::Number(n) => n.as_f64().is_some_and(|f| f.abs() <= 1e300),
-        Value::Array(items) => items.iter().all(numbers_round_trip),
-        Value::Object(map) => map.values().all(numbers_round_trip),
-        _ => true,
     }
 }
 
@@ -189,7 +151,7 @@ async fn create_batch(
                 .map_err(|e| ApiError::Unprocessable(format!("job {index} of the batch: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let out = state.client.enqueue_batch(&jobs).await?;
+    let out = enqueue_batch(&state, jobs).await?;
     for e in out.iter().filter(|e| e.created) {
         state
             .metrics
@@ -199,6 +161,27 @@ async fn create_batch(
     }
     let jobs: Vec<Job> = out.into_iter().map(|e| e.job).collect();
     Ok((StatusCode::CREATED, Json(json!({ "jobs": jobs }))).into_response())
+}
+
+/// The batch in one transaction, written again when it lost a race (a deadlock or
+/// serialization failure): all or nothing, and a lost race is not the caller's problem.
+async fn enqueue_batch(
+    state: &AppState,
+    jobs: Vec<NewJob>,
+) -> Result<Vec<sluice_common::model::Enqueued>, ApiError> {
+    let mut tries = 0;
+    loop {
+        match state.client.enqueue_batch(&jobs).await {
+            Err(err)
+                if err.failure() == Failure::Conflict
+                    && tries < crate::batcher::CONFLICT_RETRIES =>
+            {
+                tries += 1;
+                tracing::info!(error = %err, tries, "batch enqueue lost a race; writing it again");
+            }
+            other => return other.map_err(ApiError::from),
+        }
+    }
 }
 
 /// Query of `GET /v1/jobs/{id}`.
@@ -235,7 +218,10 @@ async fn show(
             .map_err(|e| ApiError::BadRequest(format!("wait: {e}")))?
             .min(state.settings.max_wait),
     };
-    if wait.is_zero() {
+    // SPEC.md §4: a drain never waits on `?wait=`. A long-poll arriving while draining is
+    // answered at once, and one in flight is woken by the drain token below.
+    let draining = state.readiness.drain_started();
+    if wait.is_zero() || draining.is_cancelled() {
         return find(&state, id).await.map(Json);
     }
     let deadline = tokio::time::Instant::now() + wait;
@@ -246,11 +232,16 @@ async fn show(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let job = find(&state, id).await?;
-        if job.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+        if job.state.is_terminal()
+            || tokio::time::Instant::now() >= deadline
+            || draining.is_cancelled()
+        {
             return Ok(Json(job));
         }
         tokio::select! {
             _ = &mut notified => {}
+            // Read once more and answer with the job as it stands.
+            _ = draining.cancelled() => {}
             _ = tokio::time::sleep_until(deadline) => {}
             // A missed notification costs at most this long.
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
@@ -307,8 +298,8 @@ async fn list(
                 ApiError::BadRequest(format!("limit {l:?} is not an integer in 1..=1000"))
             })?,
     };
-    if q.kind.as_deref().is_some_and(|k| k.contains('\0')) {
-        return Err(ApiError::BadRequest("kind holds a NUL character".into()));
+    if let Some(k) = q.kind.as_deref() {
+        validate_text("kind", k).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
     let before = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let jobs = state
@@ -354,8 +345,8 @@ pub fn action_reason(
         })?
     };
     let reason = from_body.reason.or(q.reason);
-    if reason.as_deref().is_some_and(|r| r.contains('\0')) {
-        return Err(ApiError::BadRequest("reason holds a NUL character".into()));
+    if let Some(r) = reason.as_deref() {
+        validate_text("reason", r).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
     Ok(reason)
 }

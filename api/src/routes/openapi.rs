@@ -32,10 +32,16 @@ fn errors(codes: &[&str]) -> serde_json::Map<String, Value> {
             "413" => "Body over the size limit",
             "415" => "Body is not JSON",
             "422" => "Input breaks a rule",
-            "503" => "Database unavailable",
+            "503" => "Temporarily unavailable (database down, failing over or overloaded): retry after Retry-After seconds",
             _ => "Error",
         };
-        m.insert(c.to_string(), problem(desc));
+        let mut p = problem(desc);
+        if *c == "503" {
+            p["headers"] = json!({ "Retry-After": {
+                "description": "Seconds to wait before retrying",
+                "schema": { "type": "integer" } } });
+        }
+        m.insert(c.to_string(), p);
     }
     m
 }
@@ -74,7 +80,7 @@ fn job_action(summary: &str) -> Value {
         "parameters": [id_param(), reason_param()],
         "requestBody": action_body(),
         "responses": responses(&[("200", ok("The job after the action", job_ref()))],
-                               &["400", "401", "403", "404", "409", "422", "503"]),
+                               &["400", "401", "403", "404", "409", "413", "422", "503"]),
     } })
 }
 
@@ -86,7 +92,7 @@ fn kind_action(summary: &str) -> Value {
             reason_param()],
         "requestBody": action_body(),
         "responses": responses(&[("200", ok("Done", json!({ "$ref": "#/components/schemas/KindAction" })))],
-                               &["400", "401", "403", "404", "422", "503"]),
+                               &["400", "401", "403", "404", "413", "422", "503"]),
     } })
 }
 

@@ -7,7 +7,7 @@ use sqlx::{Acquire, PgConnection, Postgres};
 use crate::error::{Error, Result};
 use crate::model::{validate_kind, Actor, Job, JOB_COLUMNS};
 
-use super::REQUEUE_STATE;
+use super::{KIND_GATE_CLASS, REQUEUE_STATE};
 
 /// Writes one `audit_log` row; callers run it in the transaction of the change it records.
 pub(super) async fn insert_audit_row(
@@ -23,6 +23,18 @@ pub(super) async fn insert_audit_row(
         .bind(target)
         .bind(actor.reason)
         .bind(details)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes the kind's gate exclusively for the rest of the transaction: writers that pick
+/// `queued` vs `paused` wait for the pause/resume, and ones already in finish first (see
+/// `REQUEUE_STATE` in the module root).
+async fn close_kind_gate(conn: &mut PgConnection, kind: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(KIND_GATE_CLASS)
+        .bind(kind)
         .execute(conn)
         .await?;
     Ok(())
@@ -47,6 +59,7 @@ pub async fn pause_kind<'a>(
 ) -> Result<u64> {
     validate_kind(kind)?;
     let mut tx = db.begin().await?;
+    close_kind_gate(&mut tx, kind).await?;
     if !kind_exists(&mut tx, kind).await? {
         return Err(Error::UnknownKind(kind.to_string()));
     }
@@ -89,6 +102,7 @@ pub async fn resume_kind<'a>(
 ) -> Result<u64> {
     validate_kind(kind)?;
     let mut tx = db.begin().await?;
+    close_kind_gate(&mut tx, kind).await?;
     if !kind_exists(&mut tx, kind).await? {
         return Err(Error::UnknownKind(kind.to_string()));
     }
@@ -151,11 +165,18 @@ async fn transition_job<'a>(
     actor: &Actor<'_>,
 ) -> Result<Job> {
     let mut tx = db.begin().await?;
-    let before: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT state, leased_by FROM jobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    // The kind's gate is taken (shared) before the row lock: the update below may pick
+    // `queued` vs `paused` and take the gate then, and holding the job's row while
+    // waiting for a pause that waits for that row would deadlock.
+    let before: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT state, leased_by FROM jobs j
+          WHERE j.id = $1 AND pg_advisory_xact_lock_shared($2, hashtext(j.kind)) IS NOT NULL
+            FOR UPDATE",
+    )
+    .bind(id)
+    .bind(KIND_GATE_CLASS)
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some((before_state, before_leased_by)) = before else {
         return Err(Error::NotFound(id));
     };

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgExecutor};
 use crate::error::{Error, Result};
 use crate::model::{Enqueued, InvalidJob, Job, NewJob, JOB_COLUMNS};
 
-use super::MAX_BATCH;
+use super::{KIND_GATE_CLASS, MAX_BATCH};
 
 /// Inserts one job; an existing `(kind, idempotency_key)` returns that job instead.
 ///
@@ -19,11 +19,16 @@ pub async fn insert_job(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueue
     let sql = format!(
         "INSERT INTO jobs (kind, payload, state, priority, run_at, max_attempts, idempotency_key, traceparent)
          SELECT $1, $2,
-                CASE WHEN EXISTS (SELECT 1 FROM job_kinds k WHERE k.kind = $1 AND k.paused) THEN 'paused' ELSE 'queued' END,
+                CASE WHEN coalesce((SELECT k.paused FROM job_kinds k WHERE k.kind = $1
+                                       AND pg_advisory_xact_lock_shared({KIND_GATE_CLASS}, hashtext(k.kind)) IS NOT NULL
+                                       FOR SHARE), false)
+                     THEN 'paused' ELSE 'queued' END,
                 $3, coalesce($4, now()), $5, $6, $7
          ON CONFLICT (kind, idempotency_key) DO NOTHING
          RETURNING {JOB_COLUMNS}"
     );
+    // `FOR SHARE` serialises this insert against a pause/resume of the kind in flight: see
+    // `REQUEUE_STATE` in the module root for why that keeps `paused` and `queued` right.
     let inserted: Option<Job> = sqlx::query_as(&sql)
         .bind(&job.kind)
         .bind(&job.payload)
@@ -54,6 +59,10 @@ pub async fn insert_job(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueue
 /// `(kind, idempotency_key)` already existed (or repeat an earlier one of the same batch)
 /// come back as the existing job with `created: false`.
 ///
+/// Rows are written sorted by `(kind, idempotency_key)`, whatever the input order: two
+/// batches whose keys overlap then wait for each other's conflicting rows in the same
+/// order, so they queue instead of deadlocking.
+///
 /// Atomic only when `conn` is in a transaction (or the batch needs no idempotency
 /// fallback); the API wraps it in one.
 pub async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
@@ -70,6 +79,24 @@ pub async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec
             source: Box::new(e),
         })?;
     }
+    // A stable sort keeps the first of repeated keys first, so it is the one created.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&jobs[a].kind, &jobs[a].idempotency_key).cmp(&(&jobs[b].kind, &jobs[b].idempotency_key))
+    });
+    let sorted: Vec<NewJob> = order.iter().map(|&i| jobs[i].clone()).collect();
+    let written = insert_sorted_jobs(conn, &sorted).await?;
+    let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    for (enqueued, &index) in written.into_iter().zip(&order) {
+        out[index] = Some(enqueued);
+    }
+    out.into_iter()
+        .map(|e| e.ok_or(Error::Database(sqlx::Error::RowNotFound)))
+        .collect()
+}
+
+/// [`insert_jobs`] on input already validated and sorted; results in input order.
+async fn insert_sorted_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
     let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
     let payloads: Vec<&Value> = jobs.iter().map(|j| &j.payload).collect();
     let priorities: Vec<i16> = jobs.iter().map(|j| j.priority).collect();
@@ -80,14 +107,30 @@ pub async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec
 
     // Rows are produced in `ord` order and RETURNING reports them in insertion order, so
     // keyless jobs can be matched to their input by position.
+    //
+    // `gate` then `k` take each kind's advisory lock shared and its row `FOR SHARE`, once
+    // per statement (not once per job): that serialises the batch against a pause/resume
+    // in flight, as `REQUEUE_STATE` in the module root explains. Advisory locks are taken
+    // in kind order, so batches of several kinds cannot deadlock with pauses of several.
+    // MATERIALIZED keeps the row lock inside the CTE, since `FOR SHARE` may not sit on the
+    // nullable side of the LEFT JOIN.
     let sql = format!(
-        "INSERT INTO jobs (kind, payload, state, priority, run_at, max_attempts, idempotency_key, traceparent)
+        "WITH gate AS MATERIALIZED (
+             SELECT pg_advisory_xact_lock_shared({KIND_GATE_CLASS}, hashtext(kind))
+               FROM (SELECT DISTINCT kind FROM unnest($1::text[]) AS u(kind) ORDER BY kind) s
+         ), k AS MATERIALIZED (
+             SELECT kind, paused FROM job_kinds
+              WHERE kind = ANY($1::text[]) AND (SELECT count(*) FROM gate) >= 0
+              ORDER BY kind
+                FOR SHARE
+         )
+         INSERT INTO jobs (kind, payload, state, priority, run_at, max_attempts, idempotency_key, traceparent)
          SELECT t.kind, t.payload,
-                CASE WHEN k.paused THEN 'paused' ELSE 'queued' END,
+                CASE WHEN coalesce(k.paused, false) THEN 'paused' ELSE 'queued' END,
                 t.priority, coalesce(t.run_at, now()), t.max_attempts, t.key, t.tp
            FROM unnest($1::text[], $2::jsonb[], $3::int2[], $4::timestamptz[], $5::int4[], $6::text[], $7::text[])
                 WITH ORDINALITY AS t(kind, payload, priority, run_at, max_attempts, key, tp, ord)
-           LEFT JOIN job_kinds k ON k.kind = t.kind
+           LEFT JOIN k ON k.kind = t.kind
           ORDER BY t.ord
          ON CONFLICT (kind, idempotency_key) DO NOTHING
          RETURNING {JOB_COLUMNS}"

@@ -77,7 +77,46 @@ pub const MAX_BATCH: usize = 1000;
 /// an id is at most 20 bytes with its comma.
 pub const DONE_IDS_PER_STATEMENT: usize = 350;
 
+/// Advisory-lock class (the first key of the two-key form, a lock space of its own apart
+/// from sqlx's one-key migration lock) of "a kind's pause state"; the second key is
+/// `hashtext(kind)`. Writers that pick `queued` vs `paused` take it shared, pause/resume
+/// exclusive, before touching the kind's `job_kinds` row: see [`REQUEUE_STATE`].
+const KIND_GATE_CLASS: i32 = 1_936_485_732;
+
 /// SQL for "the state a job goes back to when it may run again": `paused` while its kind
 /// is paused through the API/CLI, else `queued`.
+///
+/// Serialised against pause/resume: `FOR SHARE` on the kind's row waits for a pause or
+/// resume in flight (which holds the row from its first statement to its commit) and then,
+/// in READ COMMITTED, re-reads the newest version of the row, so a writer never writes the
+/// answer of a snapshot taken before that commit. A writer that locked first makes the
+/// pause/resume wait for it, and the pause/resume's later `UPDATE jobs` statement (a new
+/// snapshot) then sees the writer's row and moves it. A kind with no `job_kinds` row yields
+/// `queued` with no lock: a pause creating that row concurrently may miss such a job, which
+/// is harmless because the lease refuses every job of a paused kind whatever its state.
+///
+/// Share row locks let a new sharer in beside the current ones, so under a steady stream
+/// of overlapping writers a pause waiting for the row could wait for ever. The shared
+/// advisory lock taken first (class [`KIND_GATE_CLASS`]) is queued fairly: once a pause
+/// waits for it exclusively, new writers queue behind the pause, the writers already in
+/// finish, and the pause gets the row.
+///
+/// A scalar subquery, because `FOR SHARE` may not sit on the nullable side of a join.
 const REQUEUE_STATE: &str =
-    "CASE WHEN EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = j.kind AND p.paused) THEN 'paused' ELSE 'queued' END";
+    "CASE WHEN coalesce((SELECT p.paused FROM job_kinds p WHERE p.kind = j.kind \
+     AND pg_advisory_xact_lock_shared(1936485732, hashtext(p.kind)) IS NOT NULL FOR SHARE), false) \
+     THEN 'paused' ELSE 'queued' END";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_requeue_state_takes_the_kind_gate_of_its_own_class() {
+        // REQUEUE_STATE is a literal (it is spliced into other literals); this keeps its
+        // copy of the class in step with the constant pause/resume lock.
+        assert!(
+            REQUEUE_STATE.contains(&format!("pg_advisory_xact_lock_shared({KIND_GATE_CLASS}, "))
+        );
+    }
+}
