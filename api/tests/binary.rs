@@ -436,29 +436,29 @@ async fn a_second_signal_exits_at_once(pool: PgPool) {
 
 #[test]
 fn bad_configuration_exits_2_naming_the_variable() {
-    let cases: [(&str, &[(&str, &str)]); 5] = [
+    const OK: &str = "admin:0123456789abcdef0123";
+    let cases: [(&str, &[(&str, &str)]); 7] = [
         ("SLUICE_API_TOKENS", &[]),
-        ("SLUICE_API_TOKENS", &[("SLUICE_API_TOKENS", "root:secret")]),
+        (
+            "SLUICE_API_TOKENS",
+            &[("SLUICE_API_TOKENS", "root:secret-0123456789")],
+        ),
+        (
+            "SLUICE_API_TOKENS",
+            &[("SLUICE_API_TOKENS", "admin:REPLACE_ME_ADMIN_TOKEN")],
+        ),
+        ("SLUICE_API_TOKENS", &[("SLUICE_API_TOKENS", "admin:")]),
         (
             "SLUICE_DRAIN_DELAY",
-            &[
-                ("SLUICE_API_TOKENS", "admin:x"),
-                ("SLUICE_DRAIN_DELAY", "soon"),
-            ],
+            &[("SLUICE_API_TOKENS", OK), ("SLUICE_DRAIN_DELAY", "soon")],
         ),
         (
             "SLUICE_API_ADDR",
-            &[
-                ("SLUICE_API_TOKENS", "admin:x"),
-                ("SLUICE_API_ADDR", "nowhere"),
-            ],
+            &[("SLUICE_API_TOKENS", OK), ("SLUICE_API_ADDR", "nowhere")],
         ),
         (
             "SLUICE_API_BODY_LIMIT",
-            &[
-                ("SLUICE_API_TOKENS", "admin:x"),
-                ("SLUICE_API_BODY_LIMIT", "huge"),
-            ],
+            &[("SLUICE_API_TOKENS", OK), ("SLUICE_API_BODY_LIMIT", "huge")],
         ),
     ];
     for (var, env) in cases {
@@ -718,10 +718,8 @@ async fn readiness_follows_the_database_down_and_back_up(pool: PgPool) {
     loop {
         let r = api.http.get(&ready_url).send().await.unwrap();
         if r.status() == 503 {
-            assert_eq!(
-                r.json::<Value>().await.unwrap(),
-                json!({"status": "database_unavailable"})
-            );
+            let body = r.json::<Value>().await.unwrap();
+            assert_eq!(body["status"], "database_unavailable", "{body}");
             break;
         }
         assert!(Instant::now() < deadline, "readiness never noticed");
