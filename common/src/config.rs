@@ -30,9 +30,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
+        "d" => 86400.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {t:?}; use ms, s, m or h"
+                "unknown unit {other:?} in {t:?}; use ms, s, m, h or d"
             ))
         }
     };

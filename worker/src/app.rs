@@ -164,9 +164,21 @@ impl Worker {
             config.rescue_interval,
             signals.soft.clone(),
         ));
-        let stats = tokio::spawn(maintenance::stats(
+        let stats = tokio::spawn(crate::stats::run(
             shared.clone(),
             config.stats_interval,
+            signals.soft.clone(),
+        ));
+        let cleaner = tokio::spawn(crate::cleaner::run(
+            shared.clone(),
+            crate::cleaner::CleanerConfig {
+                policy: sluice_common::retention::RetentionPolicy {
+                    defaults: config.retention.retention(),
+                    kinds: shared.registry.retention_overrides().clone(),
+                },
+                interval: config.retention_interval,
+                batch: config.retention_batch as usize,
+            },
             signals.soft.clone(),
         ));
         let producer = tokio::spawn(producer::run(
@@ -240,6 +252,7 @@ impl Worker {
         let _ = heartbeat.await;
         let _ = rescuer.await;
         let _ = stats.await;
+        let _ = cleaner.await;
         flag_watch.abort();
         health_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), health).await;

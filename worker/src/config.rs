@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use sluice_common::config::{parse_duration, DbArgs, LogArgs};
+use sluice_common::retention::RetentionArgs;
 
 /// Everything `sluice-worker` reads at start. Each variable is also a `--flag`.
 #[derive(Debug, Clone, Parser)]
@@ -73,6 +74,21 @@ pub struct Config {
     #[arg(long = "stats-interval", env = "SLUICE_WORKER_STATS_INTERVAL", value_name = "SLUICE_WORKER_STATS_INTERVAL",
           default_value = "15s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+
+    /// How long finished jobs are kept (`SLUICE_RETENTION_COMPLETED` etc.).
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// How often the cleaner looks for finished jobs past their retention. One worker at
+    /// a time cleans (an advisory lock); the others skip that pass.
+    #[arg(long = "retention-interval", env = "SLUICE_RETENTION_INTERVAL", value_name = "SLUICE_RETENTION_INTERVAL",
+          default_value = "1m", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Most rows one retention batch (one short transaction) deletes.
+    #[arg(long = "retention-batch", env = "SLUICE_RETENTION_BATCH", value_name = "SLUICE_RETENTION_BATCH",
+          default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub retention_batch: u32,
 }
 
 impl Config {
@@ -89,6 +105,9 @@ impl Config {
         }
         if self.stats_interval < Duration::from_millis(100) {
             return Err("SLUICE_WORKER_STATS_INTERVAL must be at least 100ms".into());
+        }
+        if self.retention_interval < Duration::from_millis(100) {
+            return Err("SLUICE_RETENTION_INTERVAL must be at least 100ms".into());
         }
         if self.kinds.iter().any(|k| k.trim().is_empty()) {
             return Err("SLUICE_WORKER_KINDS has an empty entry".into());

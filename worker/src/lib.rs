@@ -13,12 +13,14 @@
 //! - [`executor`]: runs each job in its own task (panics contained, timeouts enforced).
 //! - [`completer`]: writes outcomes in batches, fenced on each lease.
 //! - [`maintenance`]: heartbeat (renews long jobs' leases), rescuer (expired leases of any
-//!   worker), stats (queue depth for `/metrics`).
+//!   worker). [`stats`]: queue depth for `/metrics`, from the cheap counters.
+//! - [`cleaner`]: retention, deleting finished jobs past their window, one worker at a time.
 //! - [`health`]: `/health/live`, `/health/ready`, `/metrics`. [`metrics`]: the metric set.
 //! - [`sd_notify`]: `READY=1` / `STOPPING=1` for systemd `Type=notify`.
 //! - [`state`]: what the services share.
 
 pub mod app;
+pub mod cleaner;
 pub mod completer;
 pub mod config;
 pub mod executor;
@@ -30,3 +32,4 @@ pub mod producer;
 pub mod registry;
 pub mod sd_notify;
 pub mod state;
+pub mod stats;

@@ -1,12 +1,12 @@
-//! Background services: the heartbeat (renews leases of long jobs), the rescuer (takes
-//! back expired leases of any worker) and the stats refresher (queue depth for /metrics).
+//! Background services: the heartbeat (renews leases of long jobs) and the rescuer (takes
+//! back expired leases of any worker). The stats refresher is in [`crate::stats`], the
+//! retention cleaner in [`crate::cleaner`].
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
 use sluice_common::{model::Lease, storage};
 use tokio_util::sync::CancellationToken;
 
@@ -91,44 +91,6 @@ pub async fn rescuer(shared: Arc<Shared>, interval: Duration, stop: Cancellation
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// Refreshes `sluice_queue_depth` and `sluice_oldest_queued_job_age_seconds`.
-pub async fn stats(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
-    loop {
-        match storage::count_jobs_by_kind_and_state(shared.client.pool()).await {
-            Ok(counts) => {
-                shared.metrics.queue_depth.reset();
-                for c in counts {
-                    shared
-                        .metrics
-                        .queue_depth
-                        .with_label_values(&[&c.kind, c.state.as_str()])
-                        .set(c.count);
-                }
-            }
-            Err(err) => tracing::debug!(error = %err, "queue depth refresh failed"),
-        }
-        match storage::find_oldest_runnable_by_kind(shared.client.pool()).await {
-            Ok(oldest) => {
-                shared.metrics.oldest_queued_age.reset();
-                let now = Utc::now();
-                for (kind, at) in oldest {
-                    let age = (now - at).num_milliseconds().max(0) as f64 / 1000.0;
-                    shared
-                        .metrics
-                        .oldest_queued_age
-                        .with_label_values(&[&kind])
-                        .set(age);
-                }
-            }
-            Err(err) => tracing::debug!(error = %err, "oldest-job refresh failed"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct WorkerMetrics {
     pub shutting_down: IntGauge,
     /// Jobs per lease statement: shows whether batching is working.
     pub lease_batch: Histogram,
+    /// Finished jobs this worker's cleaner deleted (retention), by kind and state: shows
+    /// the cleaner runs, and at what rate the table sheds rows.
+    pub deleted: IntCounterVec,
 }
 
 impl WorkerMetrics {
@@ -112,8 +115,20 @@ impl WorkerMetrics {
         registry
             .register(Box::new(lease_batch.clone()))
             .expect("registered once");
+        let deleted = IntCounterVec::new(
+            Opts::new(
+                "sluice_jobs_deleted_total",
+                "Finished jobs deleted by this worker's cleaner (retention), by kind and state.",
+            ),
+            &["kind", "state"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(deleted.clone()))
+            .expect("registered once");
         WorkerMetrics {
             registry,
+            deleted,
             completed,
             failed,
             retried,

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sluice_common::config::parse_duration;
 use sluice_common::model::{validate_kind, Backoff};
+use sluice_common::retention::{overrides_from_handlers_file, RetentionOverride};
 use tokio_util::sync::CancellationToken;
 
 use crate::http_target::HttpTarget;
@@ -137,6 +138,10 @@ pub struct Kind {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     kinds: BTreeMap<String, Kind>,
+    /// Per-kind retention overrides of the handlers file (`retention_completed` etc.), for
+    /// every kind of the file: [`Registry::restrict_to`] leaves them alone, because the
+    /// cleaner deletes all kinds' rows, not only the ones this worker runs.
+    retention: BTreeMap<String, RetentionOverride>,
 }
 
 impl Registry {
@@ -158,6 +163,11 @@ impl Registry {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.kinds.keys().map(String::as_str)
+    }
+
+    /// The handlers file's per-kind retention overrides (all kinds of the file).
+    pub fn retention_overrides(&self) -> &BTreeMap<String, RetentionOverride> {
+        &self.retention
     }
 
     /// Keeps only `names` (SLUICE_WORKER_KINDS); an unknown name is an error naming it.
@@ -191,6 +201,8 @@ impl Registry {
                 e.to_string().replace('\n', " ")
             )
         })?;
+        self.retention = overrides_from_handlers_file(&text)
+            .map_err(|e| format!("SLUICE_HANDLERS_FILE {name}: {e}"))?;
         for (kind_name, s) in file.kinds {
             let bad =
                 |msg: String| format!("SLUICE_HANDLERS_FILE {name}: kinds.\"{kind_name}\": {msg}");
@@ -284,6 +296,15 @@ struct KindSettings {
     backoff_max: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Retention overrides (`1h`, `off`); parsed by
+    /// [`sluice_common::retention::overrides_from_handlers_file`], named here only so
+    /// `deny_unknown_fields` accepts them.
+    #[allow(dead_code)]
+    retention_completed: Option<String>,
+    #[allow(dead_code)]
+    retention_failed: Option<String>,
+    #[allow(dead_code)]
+    retention_cancelled: Option<String>,
 }
 
 #[cfg(test)]

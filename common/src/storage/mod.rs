@@ -19,7 +19,13 @@
 //! - [`lease`]: the worker's hot path (lease, complete, fail, interrupt, heartbeat) and its
 //!   housekeeping (rescue, next wake-up, kind registration, deleting old jobs).
 //! - [`admin`]: pause, resume, release, cancel, retry, each with its audit row.
-//! - [`read`]: jobs, counts, kinds, the audit trail, the database clock.
+//! - [`read`]: jobs, kinds, the audit trail, the database clock.
+//! - [`stats`]: counts by kind and state that cost the same with 2 M finished rows as with
+//!   none (live states from their indexes, finished ones from trigger-kept counters).
+//! - [`retention`]: deleting finished jobs past their window, in small batches, by one
+//!   worker at a time (`sluice-worker`'s cleaner).
+//! - [`doctor`]: what `sluicectl doctor` reads: sizes, dead tuples, vacuum, the oldest
+//!   transaction holding back vacuum, expired leases, the NOTIFY queue.
 //!
 //! Everything is re-exported here, so callers write `storage::lease_jobs`.
 //!
@@ -43,14 +49,20 @@
 //! which fences off the old lease's late answer.
 
 mod admin;
+mod doctor;
 mod enqueue;
 mod lease;
 mod read;
+mod retention;
+mod stats;
 
 pub use admin::*;
+pub use doctor::*;
 pub use enqueue::*;
 pub use lease::*;
 pub use read::*;
+pub use retention::*;
+pub use stats::*;
 
 /// Channel the workers LISTEN on for runnable jobs (sent by the migration's triggers).
 pub const JOBS_CHANNEL: &str = "sluice_jobs";

@@ -1,10 +1,11 @@
-//! Reads: jobs by id, filter or idempotency key, counts, kinds, the audit trail.
+//! Reads: jobs by id, filter or idempotency key, kinds, the audit trail. (Counts are in
+//! `stats`.)
 
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
 use crate::error::{Error, Result};
-use crate::model::{AuditEntry, Job, JobState, KindInfo, StateCount, JOB_COLUMNS};
+use crate::model::{AuditEntry, Job, JobState, KindInfo, JOB_COLUMNS};
 
 /// One job by id.
 pub async fn find_job(exec: impl PgExecutor<'_>, id: i64) -> Result<Option<Job>> {
@@ -68,16 +69,6 @@ pub async fn find_processing_jobs(
           ORDER BY leased_at, id"
     );
     Ok(sqlx::query_as(&sql).bind(kind).fetch_all(exec).await?)
-}
-
-/// Counts by kind and state: the runbook's `SELECT state, count(*) FROM jobs GROUP BY
-/// state`, split by kind.
-pub async fn count_jobs_by_kind_and_state(exec: impl PgExecutor<'_>) -> Result<Vec<StateCount>> {
-    Ok(sqlx::query_as(
-        "SELECT kind, state, count(*) AS count FROM jobs GROUP BY kind, state ORDER BY kind, state",
-    )
-    .fetch_all(exec)
-    .await?)
 }
 
 /// For each kind with runnable queued jobs, when the oldest of them became runnable.
