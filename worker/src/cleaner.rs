@@ -53,10 +53,9 @@ pub async fn run(shared: Arc<Shared>, config: CleanerConfig, stop: CancellationT
             _ = tokio::time::sleep(wait) => {}
         }
         match pass(&shared, &config, &stop).await {
-            Ok(Some(deleted)) if deleted > 0 => {
-                tracing::info!(deleted, "retention pass done")
-            }
-            Ok(_) => {}
+            Ok(Some(deleted)) if deleted > 0 => tracing::info!(deleted, "retention pass done"),
+            Ok(Some(deleted)) => tracing::debug!(deleted, "retention pass done"),
+            Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "retention pass failed; will retry"),
         }
         wait = config.interval.mul_f64(0.8 + rand::random::<f64>() * 0.4);

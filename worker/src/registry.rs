@@ -394,6 +394,37 @@ mod tests {
     }
 
     #[test]
+    fn retention_overrides_are_read_for_every_kind_of_the_file_even_when_restricted() {
+        let f = write(
+            r#"
+            [kinds."search.reindex"]
+            url = "http://127.0.0.1:9/reindex"
+            retention_completed = "1h"
+            retention_failed = "off"
+
+            [kinds."sluice.sleep"]
+            retention_cancelled = "30d"
+            "#,
+        );
+        let mut r = Registry::builtins();
+        r.apply_file(&f.0).expect("valid file");
+        r.restrict_to(&["sluice.noop".into()]).expect("known");
+        let o = r.retention_overrides();
+        assert_eq!(
+            o["search.reindex"].completed,
+            Some(Some(Duration::from_secs(3600)))
+        );
+        assert_eq!(o["search.reindex"].failed, Some(None));
+        assert_eq!(
+            o["sluice.sleep"].cancelled,
+            Some(Some(Duration::from_secs(30 * 86400)))
+        );
+        let bad = write("[kinds.\"sluice.noop\"]\nretention_completed = \"1 fortnight\"");
+        let err = Registry::builtins().apply_file(&bad.0).expect_err("bad");
+        assert!(err.contains("retention_completed"), "{err}");
+    }
+
+    #[test]
     fn worker_kinds_must_name_registered_kinds() {
         let mut r = Registry::builtins();
         assert!(r
