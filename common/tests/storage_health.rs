@@ -505,3 +505,51 @@ async fn the_hot_statements_read_their_kind_indexes_not_finished_rows_or_other_k
     let total: i64 = reads.values().map(|(_, r)| r).sum();
     assert!(total < 60_000, "{total}: {reads:?}");
 }
+
+/// Statistics taken while the queue was empty make the planner expect ~1 queued row. A
+/// lease must still read only its batch, not scan and sort the kind's whole backlog (the
+/// failure the storage benchmark showed before `jobs_queued_kind_run_at_idx` got its
+/// predicate), with a generic plan (what a prepared statement ends up with) and a custom one.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_lease_planned_from_statistics_of_an_empty_queue_still_reads_only_its_batch(
+    pool: PgPool,
+) {
+    sqlx::query("INSERT INTO jobs (kind, state, finished_at) SELECT 'sluice.noop', 'completed', now() FROM generate_series(1, 50000)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE jobs").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO jobs (kind) SELECT 'sluice.noop' FROM generate_series(1, 50000)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        let mut conn = pool.acquire().await.unwrap().detach();
+        sqlx::query(&format!("SET plan_cache_mode = {mode}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (reads, seq) = measure(&pool, &mut conn, |c| {
+            Box::pin(async move {
+                for _ in 0..4 {
+                    let got = storage::lease_jobs(
+                        &mut *c,
+                        "t:1",
+                        &kinds(&["sluice.noop", "sluice.sleep"]),
+                        16,
+                    )
+                    .await
+                    .unwrap();
+                    assert_eq!(got.len(), 16);
+                }
+            })
+        })
+        .await;
+        assert_eq!(seq, 0, "{mode}: {reads:?}");
+        let total: i64 = reads.values().map(|(_, r)| r).sum();
+        assert!(
+            total < 1_000,
+            "{mode}: four leases of 16 read {total} index entries of a 50 000 backlog: {reads:?}"
+        );
+    }
+}

@@ -330,3 +330,41 @@ async fn a_cleaner_killed_mid_batch_leaves_nothing_half_done(
     assert_counters_agree(&pool).await;
     let _ = std::fs::remove_file(handlers);
 }
+
+#[test]
+fn bad_retention_settings_exit_2_naming_the_variable() {
+    let bad_file = write_temp(
+        "bad.toml",
+        "[kinds.\"sluice.noop\"]\nretention_completed = \"1 fortnight\"\n",
+    );
+    for (env, needle) in [
+        (
+            ("SLUICE_RETENTION_COMPLETED", "a day"),
+            "SLUICE_RETENTION_COMPLETED",
+        ),
+        (("SLUICE_RETENTION_FAILED", "7"), "SLUICE_RETENTION_FAILED"),
+        (
+            ("SLUICE_RETENTION_INTERVAL", "1ms"),
+            "SLUICE_RETENTION_INTERVAL",
+        ),
+        (("SLUICE_RETENTION_BATCH", "0"), "SLUICE_RETENTION_BATCH"),
+        (
+            ("SLUICE_HANDLERS_FILE", bad_file.to_str().unwrap()),
+            "retention_completed",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
+            .env_clear()
+            .env("DATABASE_URL", "postgres://127.0.0.1:1/x")
+            .env(env.0, env.1)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(
+            stderr.contains(needle) && stderr.lines().count() == 1,
+            "{env:?}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(bad_file);
+}

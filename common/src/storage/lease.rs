@@ -267,7 +267,8 @@ pub async fn rescue_expired_leases(
 
 /// When the next job of these kinds becomes runnable or the next lease expires, whichever
 /// is first: an idle worker sleeps until then instead of polling. Per kind, the first
-/// entry of `jobs_queued_kind_run_at_idx (kind, run_at)`.
+/// entry of `jobs_queued_kind_run_at_idx (kind, run_at)` (whose always-true predicate
+/// `run_at > '-infinity'` is repeated here; see the migration for why it exists).
 pub async fn find_next_wakeup(
     exec: impl PgExecutor<'_>,
     kinds: &[&str],
@@ -275,7 +276,8 @@ pub async fn find_next_wakeup(
     Ok(sqlx::query_scalar(
         "SELECT least((SELECT min(q.first) FROM unnest($1::text[]) AS k(kind)
                          CROSS JOIN LATERAL (SELECT min(run_at) AS first FROM jobs
-                                              WHERE state = 'queued' AND kind = k.kind) q),
+                                              WHERE state = 'queued' AND kind = k.kind
+                                                AND run_at > '-infinity') q),
                       (SELECT min(lease_expires_at) FROM jobs WHERE state = 'processing'))",
     )
     .bind(kinds)

@@ -71,12 +71,15 @@ pub async fn find_processing_jobs(
     Ok(sqlx::query_as(&sql).bind(kind).fetch_all(exec).await?)
 }
 
-/// For each kind with runnable queued jobs, when the oldest of them became runnable.
+/// For each kind with runnable queued jobs, when the oldest of them became runnable
+/// (first entries of `jobs_queued_kind_run_at_idx`, whose predicate is repeated here).
 pub async fn find_oldest_runnable_by_kind(
     exec: impl PgExecutor<'_>,
 ) -> Result<Vec<(String, DateTime<Utc>)>> {
     Ok(sqlx::query_as(
-        "SELECT kind, min(run_at) FROM jobs WHERE state = 'queued' AND run_at <= now() GROUP BY kind ORDER BY kind",
+        "SELECT kind, min(run_at) FROM jobs
+          WHERE state = 'queued' AND run_at <= now() AND run_at > '-infinity'
+          GROUP BY kind ORDER BY kind",
     )
     .fetch_all(exec)
     .await?)
