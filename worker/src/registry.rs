@@ -296,13 +296,16 @@ struct KindSettings {
     backoff_max: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
-    /// Retention overrides (`1h`, `off`); parsed by
-    /// [`sluice_common::retention::overrides_from_handlers_file`], named here only so
-    /// `deny_unknown_fields` accepts them.
+    // The retention overrides (`1h`, `off`) are parsed by
+    // `sluice_common::retention::overrides_from_handlers_file`; they are named here only so
+    // `deny_unknown_fields` accepts them.
+    /// How long completed jobs of this kind are kept.
     #[allow(dead_code)]
     retention_completed: Option<String>,
+    /// How long failed jobs of this kind are kept.
     #[allow(dead_code)]
     retention_failed: Option<String>,
+    /// How long cancelled jobs of this kind are kept.
     #[allow(dead_code)]
     retention_cancelled: Option<String>,
 }
