@@ -96,6 +96,13 @@ fn split_leases(leases: &[Lease]) -> (Vec<i64>, Vec<i64>) {
 /// Marks leased jobs `completed`, fenced on each lease. Returns the ids it applied to;
 /// the rest had lost their lease (released, rescued, cancelled, re-leased) and were left
 /// alone. Sends their ids on [`DONE_CHANNEL`] in the same statement.
+///
+/// The fence `(j.state = 'processing') IS TRUE` means exactly `j.state = 'processing'`
+/// (state is never NULL) but is not indexable, so the planner looks the batch up by
+/// primary key. With the plain comparison, from statistics that expect few `processing`
+/// rows, it scans every processing row through a state index and hash-joins: each
+/// completion then costs as much as the completer's backlog, and a completer that falls
+/// behind falls further behind (seen in the storage benchmark). `fail_jobs` does the same.
 pub async fn complete_jobs(conn: &mut PgConnection, leases: &[Lease]) -> Result<Vec<i64>> {
     let mut applied = Vec::with_capacity(leases.len());
     for chunk in leases.chunks(DONE_IDS_PER_STATEMENT) {
@@ -106,7 +113,7 @@ pub async fn complete_jobs(conn: &mut PgConnection, leases: &[Lease]) -> Result<
                     SET state = 'completed', finished_at = now(), updated_at = now(),
                         lease_expires_at = NULL, lease_token = NULL, last_error = NULL
                    FROM unnest($1::int8[], $2::int8[]) AS l(id, token)
-                  WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'processing'
+                  WHERE j.id = l.id AND j.lease_token = l.token AND (j.state = 'processing') IS TRUE
                  RETURNING j.id
              ), told AS (
                  SELECT pg_notify('sluice_done', string_agg(id::text, ',')) FROM done HAVING count(*) > 0
@@ -152,7 +159,7 @@ pub async fn fail_jobs(conn: &mut PgConnection, failures: &[Failure]) -> Result<
                         last_error = f.error,
                         lease_expires_at = NULL, lease_token = NULL, updated_at = now()
                    FROM f
-                  WHERE j.id = f.id AND j.lease_token = f.token AND j.state = 'processing'
+                  WHERE j.id = f.id AND j.lease_token = f.token AND (j.state = 'processing') IS TRUE
                  RETURNING j.id, j.state
              ), told AS (
                  SELECT pg_notify('sluice_done', string_agg(id::text, ','))

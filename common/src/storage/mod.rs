@@ -9,7 +9,9 @@
 //! - Hot-path statements take many jobs at once (arrays bound as parameters and `unnest`ed),
 //!   so one round trip and one commit serve a whole batch.
 //! - `state = 'queued'` and `state = 'processing'` are written as literals where they
-//!   select rows, so the planner can use the partial indexes of the migration.
+//!   select rows, so the planner can use the partial indexes of the migration. (Where a
+//!   batch is found by primary key, as in `complete_jobs`, the fence is written
+//!   `(state = 'processing') IS TRUE` so that no state index can be preferred to it.)
 //! - Manual actions (pause, resume, release, cancel, retry) write their `audit_log` row in
 //!   the same transaction as the change: there is no change without its record.
 //!
