@@ -130,6 +130,20 @@ At the timeout, lists the jobs still held with leased_by (<host>:<pid>) and leas
 and exits 1.")]
     WaitDrained(WaitArgs),
 
+    /// The health of the queue's storage: sizes, dead tuples, vacuum, the oldest
+    /// transaction holding back vacuum, expired leases, NOTIFY queue, retention.
+    #[command(after_help = "\
+Examples:
+  sluicectl doctor
+  sluicectl doctor --json | jq .warnings
+  sluicectl doctor --idle-tx-warn 30s
+
+Exit 0 healthy, 1 with warnings (each printed with what it means), 2 bad usage.
+Retention settings are read from SLUICE_RETENTION_* and SLUICE_HANDLERS_FILE, like the
+worker, so run it with the worker's environment. What each warning means and what to do:
+docs/runbooks/storage.md.")]
+    Doctor(DoctorArgs),
+
     /// Print the audit trail of manual actions (pause, resume, release, cancel, retry).
     #[command(after_help = "\
 Examples:
@@ -176,6 +190,32 @@ pub struct WaitArgs {
     /// How often to look.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub interval: Duration,
+}
+
+/// `doctor` settings: the thresholds of its warnings.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Warn about a session idle in transaction for longer than this: it holds back
+    /// vacuum (dead rows pile up) and may hold locks.
+    #[arg(long, env = "SLUICE_DOCTOR_IDLE_TX_WARN", default_value = "60s", value_parser = parse_duration)]
+    pub idle_tx_warn: Duration,
+    /// Warn about any transaction (even an active one) open for longer than this.
+    #[arg(long, env = "SLUICE_DOCTOR_LONG_TX_WARN", default_value = "5m", value_parser = parse_duration)]
+    pub long_tx_warn: Duration,
+    /// Warn about leases expired for longer than this: the rescuers of live workers take
+    /// them back within seconds, so such a lease means no worker is running.
+    #[arg(long, env = "SLUICE_DOCTOR_LEASE_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub lease_grace: Duration,
+    /// Retention in effect, as the worker reads it.
+    #[command(flatten)]
+    pub retention: sluice_common::retention::RetentionArgs,
+    /// The worker's handlers file, for per-kind retention overrides.
+    #[arg(
+        long,
+        env = "SLUICE_HANDLERS_FILE",
+        value_name = "SLUICE_HANDLERS_FILE"
+    )]
+    pub handlers_file: Option<std::path::PathBuf>,
 }
 
 /// `audit` settings.

@@ -39,6 +39,9 @@ pub enum CliError {
         /// How many jobs were still `processing`.
         count: usize,
     },
+    /// `doctor` found problems; they were printed on stdout (exit 1).
+    #[error("doctor found {0} warning(s) (listed above)")]
+    Unhealthy(usize),
     /// Printing the result failed (e.g. stdout closed).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

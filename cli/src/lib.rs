@@ -15,12 +15,14 @@
 //! - [`inspect`]: `status` and `audit`, the read-only commands.
 //! - [`control`]: `pause`, `resume`, `release`, `cancel`, `retry`, the audited actions.
 //! - [`drain`]: `wait-drained`, what the runbooks run after stopping workers.
+//! - [`doctor`]: `doctor`, the health of the queue's storage (docs/runbooks/storage.md).
 //!
 //! [`run`] ties them together and returns the process exit code; `main.rs` only parses
 //! the command line and exits with it.
 
 pub mod args;
 pub mod control;
+pub mod doctor;
 pub mod drain;
 pub mod error;
 pub mod inspect;
@@ -89,6 +91,7 @@ async fn run_command(cli: Cli) -> Result<(), CliError> {
         Command::Cancel(a) => control::cancel(&ctx, &a).await,
         Command::Retry(a) => control::retry(&ctx, &a).await,
         Command::WaitDrained(a) => drain::wait_drained(&ctx, &a).await,
+        Command::Doctor(a) => doctor::doctor(&ctx, &a).await,
     };
     pool.close().await;
     result

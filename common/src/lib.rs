@@ -9,6 +9,8 @@
 //!   and schema check behind readiness, and the embedded
 //!   migrations of `migrations/`.
 //! - [`model`]: job states, rows, inputs and their validation, retry backoff.
+//! - [`retention`]: how long finished jobs are kept (`SLUICE_RETENTION_*`, per-kind
+//!   overrides), read by the worker's cleaner and `sluicectl doctor`.
 //! - [`storage`]: every SQL statement Sluice runs, one function each, named for what it
 //!   does. Every change a worker makes to a job is fenced on its lease token.
 //! - [`client`]: [`JobClient`], the pool-owning handle the binaries use.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod listen;
 pub mod metrics;
 pub mod model;
+pub mod retention;
 pub mod sd_notify;
 pub mod shutdown;
 pub mod storage;

@@ -194,7 +194,23 @@ impl Worker {
         let stats = supervisor.spawn(
             "stats",
             drain.clone(),
-            maintenance::stats(shared.clone(), config.stats_interval, drain.clone()),
+            crate::stats::run(shared.clone(), config.stats_interval, drain.clone()),
+        );
+        let cleaner = supervisor.spawn(
+            "cleaner",
+            drain.clone(),
+            crate::cleaner::run(
+                shared.clone(),
+                crate::cleaner::CleanerConfig {
+                    policy: sluice_common::retention::RetentionPolicy {
+                        defaults: config.retention.retention(),
+                        kinds: shared.registry.retention_overrides().clone(),
+                    },
+                    interval: config.retention_interval,
+                    batch: config.retention_batch as usize,
+                },
+                drain.clone(),
+            ),
         );
         let producer = supervisor.spawn(
             "producer",
@@ -305,6 +321,7 @@ impl Worker {
             let _ = listener.await;
             let _ = rescuer.await;
             let _ = stats.await;
+            let _ = cleaner.await;
         })
         .await;
         flag_watch.abort();

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use sluice_common::config::{parse_duration, DbArgs, LogArgs};
+use sluice_common::retention::RetentionArgs;
 
 /// Everything `sluice-worker` reads at start. Each variable is also a `--flag`.
 #[derive(Debug, Clone, Parser)]
@@ -74,6 +75,21 @@ pub struct Config {
           default_value = "15s", value_parser = parse_duration)]
     pub stats_interval: Duration,
 
+    /// How long finished jobs are kept (`SLUICE_RETENTION_COMPLETED` etc.).
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// How often the cleaner looks for finished jobs past their retention. One worker at
+    /// a time cleans (an advisory lock); the others skip that pass.
+    #[arg(long = "retention-interval", env = "SLUICE_RETENTION_INTERVAL", value_name = "SLUICE_RETENTION_INTERVAL",
+          default_value = "1m", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Most rows one retention batch (one short transaction) deletes.
+    #[arg(long = "retention-batch", env = "SLUICE_RETENTION_BATCH", value_name = "SLUICE_RETENTION_BATCH",
+          default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub retention_batch: u32,
+
     /// `on` registers the test-only kinds `sluice.hold` and `sluice.record` (see
     /// `worker/src/test_kinds.rs`); `off` (the default) in production.
     #[arg(long = "test-kinds", env = "SLUICE_WORKER_TEST_KINDS", value_name = "SLUICE_WORKER_TEST_KINDS",
@@ -104,6 +120,9 @@ impl Config {
         }
         if self.stats_interval < Duration::from_millis(100) {
             return Err("SLUICE_WORKER_STATS_INTERVAL must be at least 100ms".into());
+        }
+        if self.retention_interval < Duration::from_millis(100) {
+            return Err("SLUICE_RETENTION_INTERVAL must be at least 100ms".into());
         }
         if self.kinds.iter().any(|k| k.trim().is_empty()) {
             return Err("SLUICE_WORKER_KINDS has an empty entry".into());

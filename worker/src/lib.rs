@@ -18,12 +18,14 @@
 //!   (readiness 503, drain, non-zero exit).
 //! - [`test_kinds`]: `sluice.hold` and `sluice.record`, only with `SLUICE_WORKER_TEST_KINDS=on`.
 //! - [`maintenance`]: heartbeat (renews long jobs' leases), rescuer (expired leases of any
-//!   worker), stats (queue depth for `/metrics`).
+//!   worker). [`stats`]: queue depth for `/metrics`, from the cheap counters.
+//! - [`cleaner`]: retention, deleting finished jobs past their window, one worker at a time.
 //! - [`health`]: `/health/live`, `/health/ready`, `/metrics`. [`metrics`]: the metric set.
 //! - [`sd_notify`]: `READY=1` / `STOPPING=1` for systemd `Type=notify`.
 //! - [`state`]: what the services share.
 
 pub mod app;
+pub mod cleaner;
 pub mod completer;
 pub mod config;
 pub mod executor;
@@ -36,5 +38,6 @@ pub mod producer;
 pub mod registry;
 pub mod sd_notify;
 pub mod state;
+pub mod stats;
 pub mod supervisor;
 pub mod test_kinds;

@@ -1,12 +1,12 @@
-//! Background services: the heartbeat (renews leases of long jobs), the rescuer (takes
-//! back expired leases of any worker) and the stats refresher (queue depth for /metrics).
+//! Background services: the heartbeat (renews leases of long jobs) and the rescuer (takes
+//! back expired leases of any worker). The stats refresher is in [`crate::stats`], the
+//! retention cleaner in [`crate::cleaner`].
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
 use sluice_common::{
     model::{KindRetry, Lease},
     storage,
@@ -108,38 +108,6 @@ pub async fn rescuer(shared: Arc<Shared>, interval: Duration, stop: Cancellation
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// Refreshes `sluice_queue_depth` and `sluice_oldest_queued_job_age_seconds`.
-pub async fn stats(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
-    loop {
-        match storage::count_jobs_by_kind_and_state(shared.client.pool()).await {
-            Ok(counts) => shared.metrics.set_queue_depth(
-                shared.registry.names(),
-                counts.iter().map(|c| (c.kind.as_str(), c.state, c.count)),
-            ),
-            Err(err) => tracing::debug!(error = %err, "queue depth refresh failed"),
-        }
-        match storage::find_oldest_runnable_by_kind(shared.client.pool()).await {
-            Ok(oldest) => {
-                let now = Utc::now();
-                shared.metrics.set_oldest_queued_age(
-                    shared.registry.names(),
-                    oldest.iter().map(|(kind, at)| {
-                        (
-                            kind.as_str(),
-                            (now - *at).num_milliseconds().max(0) as f64 / 1000.0,
-                        )
-                    }),
-                );
-            }
-            Err(err) => tracing::debug!(error = %err, "oldest-job refresh failed"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
         }
     }
 }

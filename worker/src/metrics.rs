@@ -30,6 +30,9 @@ pub struct WorkerMetrics {
     /// all gone, because a series that vanishes reads as "no data", not "empty queue"
     /// (alerts and KEDA then see nothing instead of 0).
     known_kinds: Arc<Mutex<BTreeSet<String>>>,
+    /// Finished jobs this worker's cleaner deleted (retention), by kind and state: shows
+    /// the cleaner runs, and at what rate the table sheds rows.
+    pub deleted: IntCounterVec,
 }
 
 impl WorkerMetrics {
@@ -120,8 +123,20 @@ impl WorkerMetrics {
         registry
             .register(Box::new(lease_batch.clone()))
             .expect("registered once");
+        let deleted = IntCounterVec::new(
+            Opts::new(
+                "sluice_jobs_deleted_total",
+                "Finished jobs deleted by this worker's cleaner (retention), by kind and state.",
+            ),
+            &["kind", "state"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(deleted.clone()))
+            .expect("registered once");
         WorkerMetrics {
             registry,
+            deleted,
             completed,
             failed,
             retried,

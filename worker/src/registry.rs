@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sluice_common::config::parse_duration;
 use sluice_common::model::{validate_kind, Backoff};
+use sluice_common::retention::{overrides_from_handlers_file, RetentionOverride};
 use tokio_util::sync::CancellationToken;
 
 use crate::http_target::HttpTarget;
@@ -137,6 +138,10 @@ pub struct Kind {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     kinds: BTreeMap<String, Kind>,
+    /// Per-kind retention overrides of the handlers file (`retention_completed` etc.), for
+    /// every kind of the file: [`Registry::restrict_to`] leaves them alone, because the
+    /// cleaner deletes all kinds' rows, not only the ones this worker runs.
+    retention: BTreeMap<String, RetentionOverride>,
 }
 
 impl Registry {
@@ -173,6 +178,11 @@ impl Registry {
         self.kinds.keys().map(String::as_str)
     }
 
+    /// The handlers file's per-kind retention overrides (all kinds of the file).
+    pub fn retention_overrides(&self) -> &BTreeMap<String, RetentionOverride> {
+        &self.retention
+    }
+
     /// Keeps only `names` (SLUICE_WORKER_KINDS); an unknown name is an error naming it.
     pub fn restrict_to(&mut self, names: &[String]) -> Result<(), String> {
         if names.is_empty() {
@@ -204,6 +214,8 @@ impl Registry {
                 e.to_string().replace('\n', " ")
             )
         })?;
+        self.retention = overrides_from_handlers_file(&text)
+            .map_err(|e| format!("SLUICE_HANDLERS_FILE {name}: {e}"))?;
         for (kind_name, s) in file.kinds {
             let bad =
                 |msg: String| format!("SLUICE_HANDLERS_FILE {name}: kinds.\"{kind_name}\": {msg}");
@@ -297,6 +309,18 @@ struct KindSettings {
     backoff_max: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    // The retention overrides (`1h`, `off`) are parsed by
+    // `sluice_common::retention::overrides_from_handlers_file`; they are named here only so
+    // `deny_unknown_fields` accepts them.
+    /// How long completed jobs of this kind are kept.
+    #[allow(dead_code)]
+    retention_completed: Option<String>,
+    /// How long failed jobs of this kind are kept.
+    #[allow(dead_code)]
+    retention_failed: Option<String>,
+    /// How long cancelled jobs of this kind are kept.
+    #[allow(dead_code)]
+    retention_cancelled: Option<String>,
 }
 
 #[cfg(test)]
@@ -383,6 +407,37 @@ mod tests {
             .apply_file(Path::new("/nonexistent/h.toml"))
             .expect_err("missing");
         assert!(err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn retention_overrides_are_read_for_every_kind_of_the_file_even_when_restricted() {
+        let f = write(
+            r#"
+            [kinds."search.reindex"]
+            url = "http://127.0.0.1:9/reindex"
+            retention_completed = "1h"
+            retention_failed = "off"
+
+            [kinds."sluice.sleep"]
+            retention_cancelled = "30d"
+            "#,
+        );
+        let mut r = Registry::builtins();
+        r.apply_file(&f.0).expect("valid file");
+        r.restrict_to(&["sluice.noop".into()]).expect("known");
+        let o = r.retention_overrides();
+        assert_eq!(
+            o["search.reindex"].completed,
+            Some(Some(Duration::from_secs(3600)))
+        );
+        assert_eq!(o["search.reindex"].failed, Some(None));
+        assert_eq!(
+            o["sluice.sleep"].cancelled,
+            Some(Some(Duration::from_secs(30 * 86400)))
+        );
+        let bad = write("[kinds.\"sluice.noop\"]\nretention_completed = \"1 fortnight\"");
+        let err = Registry::builtins().apply_file(&bad.0).expect_err("bad");
+        assert!(err.contains("retention_completed"), "{err}");
     }
 
     #[test]

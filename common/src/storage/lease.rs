@@ -22,6 +22,13 @@ use super::{DONE_IDS_PER_STATEMENT, REQUEUE_STATE};
 /// Jobs of kinds paused through the API/CLI are skipped even if still `queued` (an enqueue
 /// that raced the pause). Higher priority first, then oldest `run_at`.
 ///
+/// The best rows are found per kind (a `LATERAL` over the kinds) on the partial index
+/// `jobs_queued_kind_claim_idx (kind, priority DESC, run_at, id)`, so a lease reads only
+/// the worker's own kinds' entries, never other kinds' or finished rows. (`j.kind` leads
+/// the inner `ORDER BY` only so the planner sees the index order; it is constant there.)
+/// Each kind's scan may lock up to `limit` rows of which the outer `LIMIT` keeps the best
+/// `limit`; the others stay locked only until this statement commits.
+///
 /// The statement commits with `synchronous_commit = off` (transaction-local, set inside
 /// the statement itself so it stays one round trip). Waiting for an fsync per lease would
 /// cap a worker at a few hundred leases a second, and durability buys nothing here: if
@@ -46,16 +53,22 @@ pub async fn lease_jobs(
         .collect();
     let rows = sqlx::query_as(
         "WITH claimed AS MATERIALIZED (
-             SELECT j.id, j.kind
-               FROM jobs j
-              WHERE j.state = 'queued'
-                AND j.run_at <= now()
-                AND j.kind = ANY($2::text[])
-                AND NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = j.kind AND p.paused)
+             SELECT c.id, c.kind
+               FROM unnest($2::text[]) AS k(kind)
+              CROSS JOIN LATERAL (
+                    SELECT j.id, j.kind, j.priority, j.run_at
+                      FROM jobs j
+                     WHERE j.state = 'queued'
+                       AND j.kind = k.kind
+                       AND j.run_at <= now()
+                     ORDER BY j.kind, j.priority DESC, j.run_at, j.id
+                     LIMIT $4
+                       FOR UPDATE OF j SKIP LOCKED
+                    ) c
+              WHERE NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = k.kind AND p.paused)
                 AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
-              ORDER BY j.priority DESC, j.run_at, j.id
+              ORDER BY c.priority DESC, c.run_at, c.id
               LIMIT $4
-                FOR UPDATE OF j SKIP LOCKED
          )
          UPDATE jobs j
             SET state = 'processing',
@@ -87,6 +100,13 @@ fn split_leases(leases: &[Lease]) -> (Vec<i64>, Vec<i64>) {
 /// Marks leased jobs `completed`, fenced on each lease. Returns the ids it applied to;
 /// the rest had lost their lease (released, rescued, cancelled, re-leased) and were left
 /// alone. Sends their ids on [`DONE_CHANNEL`] in the same statement.
+///
+/// The fence `(j.state = 'processing') IS TRUE` means exactly `j.state = 'processing'`
+/// (state is never NULL) but is not indexable, so the planner looks the batch up by
+/// primary key. With the plain comparison, from statistics that expect few `processing`
+/// rows, it scans every processing row through a state index and hash-joins: each
+/// completion then costs as much as the completer's backlog, and a completer that falls
+/// behind falls further behind (seen in the storage benchmark). `fail_jobs` does the same.
 pub async fn complete_jobs(conn: &mut PgConnection, leases: &[Lease]) -> Result<Vec<i64>> {
     let mut applied = Vec::with_capacity(leases.len());
     for chunk in leases.chunks(DONE_IDS_PER_STATEMENT) {
@@ -97,7 +117,7 @@ pub async fn complete_jobs(conn: &mut PgConnection, leases: &[Lease]) -> Result<
                     SET state = 'completed', finished_at = now(), updated_at = now(),
                         lease_expires_at = NULL, lease_token = NULL, last_error = NULL
                    FROM unnest($1::int8[], $2::int8[]) AS l(id, token)
-                  WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'processing'
+                  WHERE j.id = l.id AND j.lease_token = l.token AND (j.state = 'processing') IS TRUE
                  RETURNING j.id
              ), told AS (
                  SELECT pg_notify('sluice_done', string_agg(id::text, ',')) FROM done HAVING count(*) > 0
@@ -143,7 +163,7 @@ pub async fn fail_jobs(conn: &mut PgConnection, failures: &[Failure]) -> Result<
                         last_error = f.error,
                         lease_expires_at = NULL, lease_token = NULL, updated_at = now()
                    FROM f
-                  WHERE j.id = f.id AND j.lease_token = f.token AND j.state = 'processing'
+                  WHERE j.id = f.id AND j.lease_token = f.token AND (j.state = 'processing') IS TRUE
                  RETURNING j.id, j.state
              ), told AS (
                  SELECT pg_notify('sluice_done', string_agg(id::text, ','))
@@ -308,13 +328,18 @@ pub async fn rescue_expired_leases_for(
 }
 
 /// When the next job of these kinds becomes runnable or the next lease expires, whichever
-/// is first: an idle worker sleeps until then instead of polling.
+/// is first: an idle worker sleeps until then instead of polling. Per kind, the first
+/// entry of `jobs_queued_kind_run_at_idx (kind, run_at)` (whose always-true predicate
+/// `run_at > '-infinity'` is repeated here; see the migration for why it exists).
 pub async fn find_next_wakeup(
     exec: impl PgExecutor<'_>,
     kinds: &[&str],
 ) -> Result<Option<DateTime<Utc>>> {
     Ok(sqlx::query_scalar(
-        "SELECT least((SELECT min(run_at) FROM jobs WHERE state = 'queued' AND kind = ANY($1::text[])),
+        "SELECT least((SELECT min(q.first) FROM unnest($1::text[]) AS k(kind)
+                         CROSS JOIN LATERAL (SELECT min(run_at) AS first FROM jobs
+                                              WHERE state = 'queued' AND kind = k.kind
+                                                AND run_at > '-infinity') q),
                       (SELECT min(lease_expires_at) FROM jobs WHERE state = 'processing'))",
     )
     .bind(kinds)

@@ -9,7 +9,9 @@
 //! - Hot-path statements take many jobs at once (arrays bound as parameters and `unnest`ed),
 //!   so one round trip and one commit serve a whole batch.
 //! - `state = 'queued'` and `state = 'processing'` are written as literals where they
-//!   select rows, so the planner can use the partial indexes of the migration.
+//!   select rows, so the planner can use the partial indexes of the migration. (Where a
+//!   batch is found by primary key, as in `complete_jobs`, the fence is written
+//!   `(state = 'processing') IS TRUE` so that no state index can be preferred to it.)
 //! - Manual actions (pause, resume, release, cancel, retry) write their `audit_log` row in
 //!   the same transaction as the change: there is no change without its record.
 //!
@@ -19,9 +21,15 @@
 //! - [`lease`]: the worker's hot path (lease, complete, fail, interrupt, heartbeat) and its
 //!   housekeeping (rescue, next wake-up, kind registration, deleting old jobs).
 //! - [`admin`]: pause, resume, release, cancel, retry, each with its audit row.
-//! - [`read`]: jobs, counts, kinds, the audit trail, the database clock.
+//! - [`read`]: jobs, kinds, the audit trail, the database clock.
 //! - [`ui`]: the operator web UI's overview counts and chart, bulk retry/cancel by
 //!   filter (one audited transaction each), and sign-in sessions.
+//! - [`stats`]: counts by kind and state that cost the same with 2 M finished rows as with
+//!   none (live states from their indexes, finished ones from trigger-kept counters).
+//! - [`retention`]: deleting finished jobs past their window, in small batches, by one
+//!   worker at a time (`sluice-worker`'s cleaner).
+//! - [`doctor`]: what `sluicectl doctor` reads: sizes, dead tuples, vacuum, the oldest
+//!   transaction holding back vacuum, expired leases, the NOTIFY queue.
 //!
 //! Everything is re-exported here, so callers write `storage::lease_jobs`.
 //!
@@ -52,15 +60,21 @@
 //! cancelled) is announced on [`DONE_CHANNEL`].
 
 mod admin;
+mod doctor;
 mod enqueue;
 mod lease;
 mod read;
+mod retention;
+mod stats;
 mod ui;
 
 pub use admin::*;
+pub use doctor::*;
 pub use enqueue::*;
 pub use lease::*;
 pub use read::*;
+pub use retention::*;
+pub use stats::*;
 pub use ui::*;
 
 /// Channel the workers LISTEN on for runnable jobs (sent by the migration's triggers).

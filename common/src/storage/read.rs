@@ -1,10 +1,11 @@
-//! Reads: jobs by id, filter or idempotency key, counts, kinds, the audit trail.
+//! Reads: jobs by id, filter or idempotency key, kinds, the audit trail. (Counts are in
+//! `stats`.)
 
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
 use crate::error::{Error, Result};
-use crate::model::{AuditEntry, Job, JobState, KindInfo, StateCount, JOB_COLUMNS};
+use crate::model::{AuditEntry, Job, JobState, KindInfo, JOB_COLUMNS};
 
 /// One job by id.
 pub async fn find_job(exec: impl PgExecutor<'_>, id: i64) -> Result<Option<Job>> {
@@ -70,22 +71,15 @@ pub async fn find_processing_jobs(
     Ok(sqlx::query_as(&sql).bind(kind).fetch_all(exec).await?)
 }
 
-/// Counts by kind and state: the runbook's `SELECT state, count(*) FROM jobs GROUP BY
-/// state`, split by kind.
-pub async fn count_jobs_by_kind_and_state(exec: impl PgExecutor<'_>) -> Result<Vec<StateCount>> {
-    Ok(sqlx::query_as(
-        "SELECT kind, state, count(*) AS count FROM jobs GROUP BY kind, state ORDER BY kind, state",
-    )
-    .fetch_all(exec)
-    .await?)
-}
-
-/// For each kind with runnable queued jobs, when the oldest of them became runnable.
+/// For each kind with runnable queued jobs, when the oldest of them became runnable
+/// (first entries of `jobs_queued_kind_run_at_idx`, whose predicate is repeated here).
 pub async fn find_oldest_runnable_by_kind(
     exec: impl PgExecutor<'_>,
 ) -> Result<Vec<(String, DateTime<Utc>)>> {
     Ok(sqlx::query_as(
-        "SELECT kind, min(run_at) FROM jobs WHERE state = 'queued' AND run_at <= now() GROUP BY kind ORDER BY kind",
+        "SELECT kind, min(run_at) FROM jobs
+          WHERE state = 'queued' AND run_at <= now() AND run_at > '-infinity'
+          GROUP BY kind ORDER BY kind",
     )
     .fetch_all(exec)
     .await?)
