@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(policy.keep("other", JobState::Completed), day);
         assert_eq!(policy.keep("other", JobState::Queued), None);
         let shown = policy.describe();
-        assert_eq!(shown.defaults.completed, "24h");
+        assert_eq!(shown.defaults.completed, "1d");
         assert_eq!(shown.kinds["audit.export"].failed, "off");
     }
 }
