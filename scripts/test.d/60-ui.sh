@@ -17,14 +17,17 @@ command -v node >/dev/null || { apt-get update -qq >/dev/null && apt-get install
 command -v npm >/dev/null || apt-get install -y -qq npm >/dev/null
 (cd tests/ui && npm ci --no-audit --no-fund --silent >/dev/null)
 
-cargo build -q -p sluice-api
+cargo build -q -p sluice-api -p sluice-cli
 bin="${CARGO_TARGET_DIR:-target}/debug/sluice-api"
+ctl="${CARGO_TARGET_DIR:-target}/debug/sluicectl"
 
 db="sluice_ui_browser"
 admin_url="${DATABASE_URL%/*}/postgres"
 db_url="${DATABASE_URL%/*}/$db"
 psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db" >/dev/null
-for f in migrations/*.sql; do psql -q -v ON_ERROR_STOP=1 "$db_url" -f "$f" >/dev/null; done
+# Migrated as operators do, so the API's readiness (which checks the schema version
+# recorded by `sluicectl migrate`) turns ready.
+DATABASE_URL="$db_url" "$ctl" migrate >/dev/null
 
 # A queue in trouble: email.send backed up for twelve minutes, report.build failing,
 # a job running, an hour of completions and failures for the charts.
@@ -74,11 +77,11 @@ cleanup() {
 }
 trap cleanup EXIT
 base="http://127.0.0.1:$port"
-for _ in $(seq 1 200); do
+for _ in $(seq 1 600); do
   curl -fs "$base/health/ready" >/dev/null 2>&1 && break
   sleep 0.05
 done
-curl -fs "$base/health/ready" >/dev/null || { cat "$log"; exit 1; }
+curl -fs "$base/health/ready" >/dev/null || { echo "60-ui: sluice-api never became ready:"; curl -s "$base/health/ready" || true; echo; cat "$log"; exit 1; }
 
 artifacts="$PWD/.tmp/ui-artifacts"
 rm -rf "$artifacts"
