@@ -49,6 +49,17 @@ pub async fn run(
             return;
         }
         let mut came_back_full = false;
+        if refresh_schedule {
+            // Before the lease, never after it: a row that comes due between this query
+            // (which counts only rows not yet due) and the lease is taken by the lease; one
+            // due later gets the timer. Asked after the lease, a row coming due in between
+            // (a retry with a 10 ms backoff on a loaded machine) would be neither, and wait
+            // for the fallback poll. One query per notification of a scheduled job, per
+            // timer and per poll, never per lease.
+            refresh_schedule = false;
+            next_scheduled = find_next_scheduled(&shared).await;
+            look = true;
+        }
         if look {
             let free = shared.slots.available_permits();
             if free > 0 {
@@ -88,12 +99,6 @@ pub async fn run(
         if came_back_full && shared.slots.available_permits() > 0 {
             look = true;
             continue;
-        }
-        if refresh_schedule && !came_back_full {
-            // Only after a round that drained what was runnable (one extra query per
-            // notification of a scheduled job or per poll, not per lease).
-            refresh_schedule = false;
-            next_scheduled = find_next_scheduled(&shared).await;
         }
         let poll_at = Instant::now() + jittered(config.poll_interval);
         let wake_at = next_scheduled.map_or(poll_at, |t| t.min(poll_at));
