@@ -14,7 +14,9 @@ db="sluice_bench_api"
 admin_url="${DATABASE_URL%/*}/postgres"
 db_url="${DATABASE_URL%/*}/$db"
 psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db" >/dev/null
-for f in migrations/*.sql; do psql -q -v ON_ERROR_STOP=1 "$db_url" -f "$f" >/dev/null; done
+# Migrated with sluicectl, as operators do: readiness checks the schema version it records.
+cargo build -q --release -p sluice-cli
+DATABASE_URL="$db_url" "${CARGO_TARGET_DIR:-target}/release/sluicectl" migrate >/dev/null
 
 cargo build -q --release -p sluice-api
 bin="${CARGO_TARGET_DIR:-target}/release/sluice-api"
