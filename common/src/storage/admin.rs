@@ -40,6 +40,16 @@ async fn close_kind_gate(conn: &mut PgConnection, kind: &str) -> Result<()> {
     Ok(())
 }
 
+/// The start of every pause or resume: close the kind's gate (so writers choosing
+/// `queued` or `paused` wait for this transaction), then refuse a kind nobody knows.
+async fn gate_known_kind(conn: &mut PgConnection, kind: &str) -> Result<()> {
+    close_kind_gate(&mut *conn, kind).await?;
+    if !kind_exists(conn, kind).await? {
+        return Err(Error::UnknownKind(kind.to_string()));
+    }
+    Ok(())
+}
+
 async fn kind_exists(conn: &mut PgConnection, kind: &str) -> Result<bool> {
     Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM job_kinds WHERE kind = $1) OR EXISTS (SELECT 1 FROM jobs WHERE kind = $1)",
@@ -59,10 +69,7 @@ pub async fn pause_kind<'a>(
 ) -> Result<u64> {
     validate_kind(kind)?;
     let mut tx = db.begin().await?;
-    close_kind_gate(&mut tx, kind).await?;
-    if !kind_exists(&mut tx, kind).await? {
-        return Err(Error::UnknownKind(kind.to_string()));
-    }
+    gate_known_kind(&mut tx, kind).await?;
     sqlx::query(
         "INSERT INTO job_kinds (kind, paused, paused_at, paused_by, reason, updated_at)
          VALUES ($1, true, now(), $2, $3, now())
@@ -102,10 +109,7 @@ pub async fn resume_kind<'a>(
 ) -> Result<u64> {
     validate_kind(kind)?;
     let mut tx = db.begin().await?;
-    close_kind_gate(&mut tx, kind).await?;
-    if !kind_exists(&mut tx, kind).await? {
-        return Err(Error::UnknownKind(kind.to_string()));
-    }
+    gate_known_kind(&mut tx, kind).await?;
     sqlx::query(
         "UPDATE job_kinds SET paused = false, paused_at = NULL, paused_by = NULL, reason = NULL, updated_at = now()
           WHERE kind = $1",
