@@ -3,29 +3,22 @@
 //! no worker to rescue it, and a session idle in transaction past the threshold. The real
 //! binary as a child process, a real Postgres database per test.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sluice_test_support::{cli, cli::Out, url_of};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::process::Command;
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 const BIN: &str = env!("CARGO_BIN_EXE_sluicectl");
 
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
+/// The warning codes of a `--json` report.
+trait Codes {
+    fn codes(&self) -> Vec<String>;
 }
 
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-
+impl Codes for Out {
     fn codes(&self) -> Vec<String> {
         self.json()["warnings"]
             .as_array()
@@ -36,45 +29,17 @@ impl Out {
     }
 }
 
-fn url_of(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let db = pool.connect_options().get_database().unwrap().to_string();
-    let (main, query) = match base.split_once('?') {
-        Some((m, q)) => (m.to_string(), format!("?{q}")),
-        None => (base.clone(), String::new()),
-    };
-    let scheme_end = main.find("://").unwrap() + 3;
-    let server = match main[scheme_end..].find('/') {
-        Some(slash) => &main[..scheme_end + slash],
-        None => main.as_str(),
-    };
-    format!("{server}/{db}{query}")
-}
-
 async fn doctor(url: &str, args: &[&str]) -> Out {
-    let out = Command::new(BIN)
-        .arg("doctor")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("doctor")
         .args(args)
         .env("DATABASE_URL", url)
         .env_remove("SLUICE_RETENTION_COMPLETED")
         .env_remove("SLUICE_RETENTION_FAILED")
         .env_remove("SLUICE_RETENTION_CANCELLED")
         .env_remove("SLUICE_HANDLERS_FILE")
-        .env_remove("SLUICE_DOCTOR_IDLE_TX_WARN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out)
-        .await
-        .expect("doctor did not exit within 60s")
-        .unwrap();
-    Out {
-        code: out.status.code().expect("exited"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+        .env_remove("SLUICE_DOCTOR_IDLE_TX_WARN");
+    cli::run(cmd, Duration::from_secs(60)).await
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

@@ -17,37 +17,7 @@ use tokio::process::Command;
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 const BIN: &str = env!("CARGO_BIN_EXE_sluicectl");
 
-/// What a run of `sluicectl` left behind.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-}
-
-/// The URL of this test's own database: the server of `DATABASE_URL`, the database that
-/// `#[sqlx::test]` created.
-fn url_of(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let db = pool.connect_options().get_database().unwrap().to_string();
-    let (main, query) = match base.split_once('?') {
-        Some((m, q)) => (m.to_string(), format!("?{q}")),
-        None => (base.clone(), String::new()),
-    };
-    let scheme_end = main.find("://").unwrap() + 3;
-    let server = match main[scheme_end..].find('/') {
-        Some(slash) => &main[..scheme_end + slash],
-        None => main.as_str(),
-    };
-    format!("{server}/{db}{query}")
-}
+use sluice_test_support::{cli::Out, url_of};
 
 fn command(url: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
@@ -64,15 +34,7 @@ fn command(url: &str, args: &[&str]) -> Command {
 }
 
 async fn finish(child: tokio::process::Child) -> Out {
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("sluicectl did not exit within 60s")
-        .unwrap();
-    Out {
-        code: out.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+    sluice_test_support::cli::finish(child, Duration::from_secs(60)).await
 }
 
 async fn ctl(url: &str, args: &[&str]) -> Out {

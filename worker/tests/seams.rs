@@ -302,7 +302,13 @@ async fn a_service_that_panics_makes_the_worker_unready_drain_and_exit_non_zero_
             ],
         );
         // The hook fires once a job is running: the worker was up and leasing.
-        wait_ready_status(&w, 503, r#"{"status":"failed"}"#, Duration::from_secs(20)).await;
+        wait_ready_status(
+            &mut w,
+            503,
+            r#"{"status":"failed"}"#,
+            Duration::from_secs(20),
+        )
+        .await;
         let status = w.wait_exit(Duration::from_secs(30)).await;
         assert_eq!(status.code(), Some(1), "{service}: {}", w.log());
         assert!(

@@ -9,7 +9,10 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
 };
-use support::{insert, state, url_of, wait_ready_status, wait_until, write_temp, HeldLock, Worker};
+use support::{
+    insert, state, url_of, wait_ready_status, wait_until, write_temp, HeldLock, PrivateCluster,
+    Worker,
+};
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 
@@ -260,30 +263,9 @@ async fn the_worker_survives_a_postgres_restart_and_finishes_every_job(
     _opts: PgConnectOptions,
 ) {
     // A cluster of its own: this test stops Postgres, which must never be the shared one.
-    let dir = std::env::temp_dir().join(format!("sluice-pgtest-{}", std::process::id()));
-    let port = support::free_port().to_string();
-    let pg = |cmd: &str| {
-        let out =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh"))
-                .arg(cmd)
-                .env("SLUICE_PGDATA", &dir)
-                .env("SLUICE_PGPORT", &port)
-                .output()
-                .unwrap();
-        assert!(
-            out.status.success(),
-            "pg.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let url = pg("start");
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .unwrap();
-    sluice_common::db::migrate(&pool).await.unwrap();
+    let pg = PrivateCluster::start("restart");
+    let url = pg.url.clone();
+    let pool = pg.migrated_pool().await;
     sqlx::query("INSERT INTO jobs (kind, payload) SELECT 'sluice.sleep', '{\"ms\": 5}' FROM generate_series(1, 2000)")
         .execute(&pool)
         .await
@@ -297,8 +279,8 @@ async fn the_worker_survives_a_postgres_restart_and_finishes_every_job(
     )
     .await;
     pool.close().await;
-    pg("stop");
-    pg("start");
+    pg.pg("stop");
+    pg.pg("start");
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)
@@ -319,7 +301,6 @@ async fn the_worker_survives_a_postgres_restart_and_finishes_every_job(
     w.signal(libc::SIGTERM);
     assert_eq!(w.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
     pool.close().await;
-    pg("destroy");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -384,7 +365,13 @@ async fn readiness_flips_to_503_the_moment_sigterm_lands(
     .await;
     let client = reqwest::Client::new();
     w.signal(libc::SIGTERM);
-    wait_ready_status(&w, 503, r#"{"status":"draining"}"#, Duration::from_secs(10)).await;
+    wait_ready_status(
+        &mut w,
+        503,
+        r#"{"status":"draining"}"#,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(state(&pool, id).await.0, "processing", "still draining");
     let metrics = client
         .get(format!("http://127.0.0.1:{}/metrics", w.port))
