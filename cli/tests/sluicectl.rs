@@ -8,11 +8,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_common::model::{KindLease, Lease};
+use sluice_common::model::Lease;
 use sluice_common::{storage, JobClient, JobState, NewJob};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::process::Command;
+
+use sluice_test_support::jobs::{enqueue_n, kinds};
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 const BIN: &str = env!("CARGO_BIN_EXE_sluicectl");
@@ -39,29 +41,6 @@ async fn finish(child: tokio::process::Child) -> Out {
 
 async fn ctl(url: &str, args: &[&str]) -> Out {
     finish(command(url, args).spawn().unwrap()).await
-}
-
-fn kinds(names: &[&str]) -> Vec<KindLease> {
-    names
-        .iter()
-        .map(|k| KindLease {
-            kind: k.to_string(),
-            lease_timeout: Duration::from_secs(300),
-        })
-        .collect()
-}
-
-async fn enqueue(client: &JobClient, kind: &str, n: usize) -> Vec<i64> {
-    let jobs: Vec<NewJob> = (0..n)
-        .map(|i| NewJob::new(kind, json!({ "i": i })))
-        .collect();
-    client
-        .enqueue_batch(&jobs)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.job.id)
-        .collect()
 }
 
 async fn state_of(pool: &PgPool, id: i64) -> JobState {
@@ -92,8 +71,8 @@ async fn snapshot(pool: &PgPool) -> (Vec<(i64, String, Option<String>, i32)>, i6
 async fn status_shows_every_state_the_kinds_the_paused_kinds_and_who_holds_what(pool: PgPool) {
     let url = url_of(&pool);
     let client = JobClient::new(pool.clone());
-    enqueue(&client, "email", 3).await;
-    enqueue(&client, "report", 2).await;
+    enqueue_n(&client, "email", 3).await;
+    enqueue_n(&client, "report", 2).await;
     let done = client
         .lease("host-a:41", &kinds(&["email"]), 1)
         .await
@@ -166,7 +145,7 @@ async fn status_of_an_empty_database_shows_processing_zero(pool: PgPool) {
 async fn every_action_changes_the_job_and_leaves_its_audit_row(pool: PgPool) {
     let url = url_of(&pool);
     let client = JobClient::new(pool.clone());
-    let ids = enqueue(&client, "email", 2).await;
+    let ids = enqueue_n(&client, "email", 2).await;
     let leased = client
         .lease("host-b:7", &kinds(&["email"]), 1)
         .await
@@ -293,8 +272,8 @@ async fn the_drain_runbook_works_end_to_end_with_every_step_audited(pool: PgPool
     let url = url_of(&pool);
     let client = JobClient::new(pool.clone());
     let both = kinds(&["fast", "slow"]);
-    let fast = enqueue(&client, "fast", 3).await;
-    let slow = enqueue(&client, "slow", 2).await;
+    let fast = enqueue_n(&client, "fast", 3).await;
+    let slow = enqueue_n(&client, "slow", 2).await;
 
     // Drain one kind: pause it, the other keeps running.
     let out = ctl(&url, &["pause", "slow", "--reason", "search schema work"]).await;
@@ -465,7 +444,7 @@ async fn the_drain_runbook_works_end_to_end_with_every_step_audited(pool: PgPool
 async fn refused_commands_say_why_exit_nonzero_and_change_nothing(pool: PgPool) {
     let url = url_of(&pool);
     let client = JobClient::new(pool.clone());
-    let ids = enqueue(&client, "email", 2).await;
+    let ids = enqueue_n(&client, "email", 2).await;
     let queued = ids[0];
     let before = snapshot(&pool).await;
 
@@ -566,7 +545,7 @@ async fn refusals_leave_jobs_untouched(pool: PgPool) {
     // The per-row half of the check above, before any lease: states and attempts equal.
     let url = url_of(&pool);
     let client = JobClient::new(pool.clone());
-    let ids = enqueue(&client, "email", 1).await;
+    let ids = enqueue_n(&client, "email", 1).await;
     let before = snapshot(&pool).await;
     for args in [
         vec!["retry".to_string(), ids[0].to_string()],
@@ -673,7 +652,7 @@ async fn help_shows_examples_and_exit_codes_for_every_subcommand() {
 async fn without_user_or_actor_the_audit_names_the_os_account(pool: PgPool) {
     let url = url_of(&pool);
     let client = JobClient::new(pool.clone());
-    enqueue(&client, "email", 1).await;
+    enqueue_n(&client, "email", 1).await;
     let mut cmd = command(&url, &["pause", "email", "--reason", "who am i"]);
     cmd.env_remove("USER");
     let out = finish(cmd.spawn().unwrap()).await;
@@ -708,7 +687,7 @@ async fn no_job_stays_paused_after_resume_however_enqueues_race_a_hundred_pause_
         .await
         .unwrap();
     let client = JobClient::new(pool.clone());
-    enqueue(&client, "race", 1).await;
+    enqueue_n(&client, "race", 1).await;
     // An operator cancelling and retrying jobs meanwhile: a retry also picks `queued` or
     // `paused` by the kind (as do the workers' fail, interrupt and rescue, and release).
     let kept: Vec<i64> = client

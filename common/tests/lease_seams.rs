@@ -12,6 +12,8 @@ use sluice_common::model::{Actor, Backoff, KindLease, KindRetry, Lease};
 use sluice_common::{storage, JobClient, JobState, NewJob};
 use sqlx::PgPool;
 
+use sluice_test_support::jobs::enqueue_one;
+
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 
 fn kinds(names: &[&str], lease_timeout: Duration) -> Vec<KindLease> {
@@ -39,12 +41,7 @@ async fn a_stale_lease_token_never_matches_a_re_lease_even_when_the_token_counte
     pool: PgPool,
 ) {
     let client = JobClient::new(pool.clone());
-    let id = client
-        .enqueue(&NewJob::new("k", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = enqueue_one(&client, "k").await;
     let k = kinds(&["k"], Duration::from_secs(300));
     let mut stale: Vec<Lease> = Vec::new();
     for _ in 0..50 {
@@ -92,18 +89,8 @@ async fn the_rescuer_applies_the_kinds_attempts_and_backoff_and_announces_jobs_i
     done.start().await.unwrap();
     // `capped` allows 25 attempts by its row but 1 by the kind; `slow` backs off a minute;
     // `stranger` is a kind this rescuer does not know: the row's settings apply.
-    let capped = client
-        .enqueue(&NewJob::new("capped", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
-    let slow = client
-        .enqueue(&NewJob::new("slow", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let capped = enqueue_one(&client, "capped").await;
+    let slow = enqueue_one(&client, "slow").await;
     let stranger = client
         .enqueue(&NewJob::new("stranger", json!({})).max_attempts(1))
         .await
@@ -168,24 +155,14 @@ async fn cancelling_a_processing_job_tells_its_worker_which_lease_to_stop(pool: 
     let client = JobClient::new(pool.clone());
     let mut cancels = Wakeups::new(pool.clone(), &[storage::CANCEL_CHANNEL]);
     cancels.start().await.unwrap();
-    let queued = client
-        .enqueue(&NewJob::new("k", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let queued = enqueue_one(&client, "k").await;
     let actor = Actor {
         name: "test",
         reason: None,
     };
     // A queued job has no worker to tell.
     client.cancel(queued, &actor).await.unwrap();
-    let running = client
-        .enqueue(&NewJob::new("k", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let running = enqueue_one(&client, "k").await;
     let lease = client
         .lease("w:1", &kinds(&["k"], Duration::from_secs(300)), 1)
         .await

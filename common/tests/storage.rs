@@ -12,17 +12,9 @@ use sluice_common::model::{Actor, Failure, InvalidJob, KindLease, Lease, MAX_PAY
 use sluice_common::{storage, JobClient, JobState, NewJob};
 use sqlx::PgPool;
 
-const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
+use sluice_test_support::jobs::{enqueue_n, enqueue_one, kinds, lease_one};
 
-fn kinds(names: &[&str]) -> Vec<KindLease> {
-    names
-        .iter()
-        .map(|k| KindLease {
-            kind: k.to_string(),
-            lease_timeout: Duration::from_secs(300),
-        })
-        .collect()
-}
+const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 
 fn actor() -> Actor<'static> {
     Actor {
@@ -43,24 +35,6 @@ async fn counts_by_state(pool: &PgPool) -> HashMap<String, i64> {
         .unwrap()
         .into_iter()
         .collect()
-}
-
-async fn enqueue_n(client: &JobClient, kind: &str, n: usize) -> Vec<i64> {
-    let mut ids = Vec::new();
-    let jobs: Vec<NewJob> = (0..n)
-        .map(|i| NewJob::new(kind, json!({ "i": i })))
-        .collect();
-    for chunk in jobs.chunks(1000) {
-        ids.extend(
-            client
-                .enqueue_batch(chunk)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|e| e.job.id),
-        );
-    }
-    ids
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -101,12 +75,7 @@ async fn no_job_is_leased_twice_by_eight_concurrent_leasers(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn the_runbook_force_release_fences_off_the_old_leases_late_answers(pool: PgPool) {
     let client = JobClient::new(pool.clone());
-    let id = client
-        .enqueue(&NewJob::new("k", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = enqueue_one(&client, "k").await;
     let old = client
         .lease("old:1", &kinds(&["k"]), 1)
         .await
@@ -166,12 +135,7 @@ async fn the_runbook_force_release_fences_off_the_old_leases_late_answers(pool: 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_rescued_job_ignores_its_dead_workers_late_answer(pool: PgPool) {
     let client = JobClient::new(pool.clone());
-    let id = client
-        .enqueue(&NewJob::new("k", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = enqueue_one(&client, "k").await;
     let short = vec![KindLease {
         kind: "k".into(),
         lease_timeout: Duration::ZERO,
@@ -341,11 +305,7 @@ async fn retries_back_off_and_stop_at_max_attempts(pool: PgPool) {
         .job
         .id;
     for attempt in 1..=3 {
-        let job = client
-            .lease("w", &kinds(&["k"]), 1)
-            .await
-            .unwrap()
-            .remove(0);
+        let job = lease_one(&client, "w", "k").await;
         assert_eq!(job.attempts, attempt);
         let f = Failure {
             lease: job.lease(),
@@ -369,17 +329,8 @@ async fn retries_back_off_and_stop_at_max_attempts(pool: PgPool) {
     assert!(job.finished_at.is_some());
 
     // A backoff pushes run_at out: the job is not leasable until then.
-    let id = client
-        .enqueue(&NewJob::new("k", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
-    let job = client
-        .lease("w", &kinds(&["k"]), 1)
-        .await
-        .unwrap()
-        .remove(0);
+    let id = enqueue_one(&client, "k").await;
+    let job = lease_one(&client, "w", "k").await;
     let f = Failure {
         lease: job.lease(),
         error: "later".into(),
@@ -402,17 +353,8 @@ async fn retries_back_off_and_stop_at_max_attempts(pool: PgPool) {
     assert_eq!(next, job.run_at);
 
     // A permanent failure ends the job whatever the attempts left.
-    let id = client
-        .enqueue(&NewJob::new("p", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
-    let job = client
-        .lease("w", &kinds(&["p"]), 1)
-        .await
-        .unwrap()
-        .remove(0);
+    let id = enqueue_one(&client, "p").await;
+    let job = lease_one(&client, "w", "p").await;
     let f = Failure {
         lease: job.lease(),
         error: "400".into(),
@@ -426,17 +368,8 @@ async fn retries_back_off_and_stop_at_max_attempts(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn an_interrupted_job_is_queued_again_without_using_up_its_attempt(pool: PgPool) {
     let client = JobClient::new(pool.clone());
-    let id = client
-        .enqueue(&NewJob::new("k", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
-    let job = client
-        .lease("w", &kinds(&["k"]), 1)
-        .await
-        .unwrap()
-        .remove(0);
+    let id = enqueue_one(&client, "k").await;
+    let job = lease_one(&client, "w", "k").await;
     assert_eq!(
         client
             .interrupt(&[job.lease()], "worker shutting down")
@@ -449,11 +382,7 @@ async fn an_interrupted_job_is_queued_again_without_using_up_its_attempt(pool: P
         (row.state, row.attempts, row.leased_by),
         (JobState::Queued, 0, None)
     );
-    let again = client
-        .lease("w2", &kinds(&["k"]), 1)
-        .await
-        .unwrap()
-        .remove(0);
+    let again = lease_one(&client, "w2", "k").await;
     assert_eq!((again.id, again.attempts), (id, 1));
 }
 
@@ -555,12 +484,7 @@ async fn bad_input_is_refused_with_a_typed_error_and_writes_nothing(pool: PgPool
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn release_cancel_and_retry_refuse_impossible_transitions_and_leave_audit_rows(pool: PgPool) {
     let client = JobClient::new(pool.clone());
-    let id = client
-        .enqueue(&NewJob::new("k", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = enqueue_one(&client, "k").await;
     assert!(matches!(
         client.release(id, &actor()).await,
         Err(Error::InvalidTransition {
@@ -620,12 +544,7 @@ async fn enqueues_and_the_runbooks_requeue_wake_listeners(pool: PgPool) {
     let mut wakeups = Wakeups::new(pool.clone(), &[storage::JOBS_CHANNEL]);
     wakeups.start().await.unwrap();
 
-    let id = client
-        .enqueue(&NewJob::new("k", json!({})))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = enqueue_one(&client, "k").await;
     assert_eq!(next_kind(&mut wakeups).await, ("k".to_string(), false));
 
     let later = chrono::Utc::now() + chrono::Duration::hours(1);

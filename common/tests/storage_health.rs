@@ -7,22 +7,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::json;
-use sluice_common::model::{Actor, Failure, KindLease, Lease};
-use sluice_common::{storage, JobClient, JobState, NewJob};
+use sluice_common::model::{Actor, Failure, Lease};
+use sluice_common::{storage, JobClient, JobState};
 use sqlx::{Connection, PgConnection, PgPool};
 
-const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
+use sluice_test_support::jobs::{enqueue_n, kinds};
 
-fn kinds(names: &[&str]) -> Vec<KindLease> {
-    names
-        .iter()
-        .map(|k| KindLease {
-            kind: k.to_string(),
-            lease_timeout: Duration::from_secs(300),
-        })
-        .collect()
-}
+const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 
 fn actor() -> Actor<'static> {
     Actor {
@@ -65,19 +56,6 @@ async fn assert_counts_agree(pool: &PgPool, step: &str) {
     );
 }
 
-async fn enqueue(client: &JobClient, kind: &str, n: usize) -> Vec<i64> {
-    let jobs: Vec<NewJob> = (0..n)
-        .map(|i| NewJob::new(kind, json!({ "i": i })))
-        .collect();
-    client
-        .enqueue_batch(&jobs)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.job.id)
-        .collect()
-}
-
 async fn lease(pool: &PgPool, kind: &str, n: usize) -> Vec<Lease> {
     storage::lease_jobs(pool, "test:1", &kinds(&[kind]), n)
         .await
@@ -93,8 +71,8 @@ async fn lease(pool: &PgPool, kind: &str, n: usize) -> Vec<Lease> {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn stats_agree_with_group_by_after_a_mixed_workload_including_the_runbooks_sql(pool: PgPool) {
     let client = JobClient::new(pool.clone());
-    enqueue(&client, "mail.send", 50).await;
-    enqueue(&client, "search.reindex", 30).await;
+    enqueue_n(&client, "mail.send", 50).await;
+    enqueue_n(&client, "search.reindex", 30).await;
     assert_counts_agree(&pool, "enqueue").await;
 
     // Workers: complete some, fail some (permanent and retryable), in batches.
@@ -228,7 +206,7 @@ async fn concurrent_completers_never_wait_on_a_shared_counter_row(pool: PgPool) 
     // Two completion transactions of the same kind, both open at once: with a single
     // counter row the second would block on the first's row lock. Deltas are appends.
     let client = JobClient::new(pool.clone());
-    enqueue(&client, "k", 4).await;
+    enqueue_n(&client, "k", 4).await;
     let leases = lease(&pool, "k", 4).await;
     let mut a = pool.begin().await.unwrap();
     storage::complete_jobs(&mut a, &leases[..2]).await.unwrap();

@@ -48,6 +48,26 @@ pub async fn wait_until(pool: &PgPool, sql: &str, limit: Duration) {
     }
 }
 
+/// Waits until job `id` is in `state` (`queued`, `processing`, `completed`, ...).
+pub async fn wait_state(pool: &PgPool, id: i64, state: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+        if now.as_deref() == Some(state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never {state} within {limit:?} (it is {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Holds Postgres advisory lock `key` on a connection of its own: a `sluice.hold` job with
 /// `{"key": key}` runs until [`HeldLock::release`] (or the drop of this value, which
 /// closes the connection and so frees the lock).
@@ -144,13 +164,19 @@ impl PrivateCluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// A small pool on the cluster, migrated.
-    pub async fn migrated_pool(&self) -> PgPool {
-        let pool = sqlx::postgres::PgPoolOptions::new()
+    /// A small pool on the cluster (a new one after a restart: the old one's
+    /// connections are gone).
+    pub async fn pool(&self) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .connect(&self.url)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// [`PrivateCluster::pool`], migrated.
+    pub async fn migrated_pool(&self) -> PgPool {
+        let pool = self.pool().await;
         sluice_common::db::migrate(&pool).await.unwrap();
         pool
     }

@@ -7,6 +7,8 @@
 //!   advisory lock held on its own connection (the barrier `sluice.hold` jobs wait on).
 //! - [`process`]: a real binary as a child process whose every output line is kept, with
 //!   bounded waits for a log line, an HTTP status or the exit, and real signals.
+//! - [`jobs`]: jobs through the library client (enqueue, lease) for tests that stand in
+//!   for the API or a worker.
 //! - [`cli`]: the captured result of a CLI run (`sluicectl`).
 //!
 //! Every wait here is bounded and polls for an event; none sleeps for a fixed time and
@@ -16,7 +18,8 @@
 
 pub mod cli;
 pub mod db;
+pub mod jobs;
 pub mod process;
 
-pub use db::{url_of, url_of_options, wait_until, HeldLock, PrivateCluster};
-pub use process::{free_port, write_temp, Process};
+pub use db::{url_of, url_of_options, wait_state, wait_until, HeldLock, PrivateCluster};
+pub use process::{free_port, temp_path, write_temp, Process};

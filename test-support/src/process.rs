@@ -18,14 +18,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Writes `text` to a new file in the temp folder (names unique per process and call) and
-/// returns its path: handlers files, barrier files.
-pub fn write_temp(name: &str, text: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!(
+/// A path in the temp folder that nothing uses yet (unique per process and call): a
+/// barrier file a test creates when it lets a held job go.
+pub fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
         "sluice-test-{}-{}-{name}",
         std::process::id(),
         rand::random::<u32>()
-    ));
+    ))
+}
+
+/// Writes `text` to a new file in the temp folder (names unique per process and call) and
+/// returns its path: handlers files, barrier files.
+pub fn write_temp(name: &str, text: &str) -> PathBuf {
+    let p = temp_path(name);
     std::fs::write(&p, text).unwrap();
     p
 }

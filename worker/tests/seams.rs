@@ -18,8 +18,8 @@ use sqlx::{
     PgPool,
 };
 use support::{
-    insert, state, url_of, wait_ready_status, wait_until, write_temp, HeldLock, PrivateCluster,
-    Worker,
+    insert, state, temp_path, url_of, wait_ready_status, wait_state, wait_until, write_temp,
+    HeldLock, PrivateCluster, Worker,
 };
 use tokio::io::AsyncReadExt;
 
@@ -51,12 +51,7 @@ async fn a_batch_with_a_due_and_a_scheduled_job_starts_the_scheduled_one_on_time
     // Once a probe has run, the worker's start-up look at the schedule is behind it: the
     // batch below can only be found by the notifications it sends.
     let probe = insert(&pool, "sluice.noop", "{}").await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'completed' FROM jobs WHERE id = {probe}"),
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_state(&pool, probe, "completed", Duration::from_secs(20)).await;
     // One statement: one job due now, one in 2 s.
     let ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO jobs (kind, run_at) VALUES ('sluice.noop', now()), ('sluice.noop', now() + interval '2 seconds')
@@ -106,24 +101,14 @@ async fn cancelling_a_running_sleep_stops_it_and_frees_its_slot_for_the_next_job
         ],
     );
     w.wait_ready().await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'processing' FROM jobs WHERE id = {long}"),
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_state(&pool, long, "processing", Duration::from_secs(10)).await;
     let next = insert(&pool, "sluice.noop", "{}").await;
     sluice_common::storage::cancel_job(&pool, long, &operator())
         .await
         .unwrap();
     // With its only slot taken by a ten-minute sleep, the next job can only run if the
     // cancel stopped the sleep.
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'completed' FROM jobs WHERE id = {next}"),
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_state(&pool, next, "completed", Duration::from_secs(20)).await;
     assert_eq!(state(&pool, long).await.0, "cancelled");
     assert!(
         w.log().contains("job cancelled while running"),
@@ -156,22 +141,12 @@ async fn cancelling_a_job_whose_handler_ignores_the_signal_aborts_it_and_frees_t
         ],
     );
     w.wait_ready().await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'processing' FROM jobs WHERE id = {deaf}"),
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_state(&pool, deaf, "processing", Duration::from_secs(10)).await;
     let next = insert(&pool, "sluice.noop", "{}").await;
     sluice_common::storage::cancel_job(&pool, deaf, &operator())
         .await
         .unwrap();
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'completed' FROM jobs WHERE id = {next}"),
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_state(&pool, next, "completed", Duration::from_secs(20)).await;
     assert!(
         w.log()
             .contains("handler ignored its cancellation signal; aborted"),
@@ -260,12 +235,7 @@ async fn cancelling_a_job_in_an_http_delivery_aborts_the_request_and_frees_the_s
         "closed",
         "the worker hung up on the target"
     );
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'completed' FROM jobs WHERE id = {next}"),
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_state(&pool, next, "completed", Duration::from_secs(20)).await;
     assert_eq!(state(&pool, id).await.0, "cancelled");
     w.signal(libc::SIGTERM);
     assert_eq!(w.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
@@ -334,18 +304,29 @@ async fn a_service_that_panics_makes_the_worker_unready_drain_and_exit_non_zero_
     }
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn an_outcome_reached_while_the_database_is_down_during_a_drain_is_written_when_it_returns(
-    _o: PgPoolOptions,
-    _opts: PgConnectOptions,
-) {
-    let pg = PrivateCluster::start("outcome");
+/// A worker draining with a job whose outcome cannot be written: the database stopped
+/// after the worker took SIGTERM and before the job (a `sluice.hold` on the file `gate`,
+/// now opened) finished.
+struct DrainWithoutDatabase {
+    /// The stopped cluster (`pg.pg("start")` brings it back).
+    pg: PrivateCluster,
+    /// The draining worker.
+    w: Worker,
+    /// The job it holds.
+    id: i64,
+    /// The barrier file, removed by the test at the end.
+    gate: std::path::PathBuf,
+}
+
+/// Sets up [`DrainWithoutDatabase`] on a cluster of the test's own, the worker's shutdown
+/// budget `budget`.
+async fn finish_a_job_in_a_drain_with_the_database_down(
+    name: &str,
+    budget: &str,
+) -> DrainWithoutDatabase {
+    let pg = PrivateCluster::start(name);
     let pool = pg.migrated_pool().await;
-    let gate = std::env::temp_dir().join(format!(
-        "sluice-gate-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let gate = temp_path("gate");
     let id = insert(
         &pool,
         "sluice.hold",
@@ -356,16 +337,11 @@ async fn an_outcome_reached_while_the_database_is_down_during_a_drain_is_written
         &pg.url,
         &[
             ("SLUICE_WORKER_TEST_KINDS", "on"),
-            ("SLUICE_SHUTDOWN_TIMEOUT", "120s"),
+            ("SLUICE_SHUTDOWN_TIMEOUT", budget),
         ],
     );
     w.wait_ready().await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'processing' FROM jobs WHERE id = {id}"),
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_state(&pool, id, "processing", Duration::from_secs(10)).await;
     pool.close().await;
     w.signal(libc::SIGTERM);
     w.wait_log("waiting for in-flight jobs", Duration::from_secs(10))
@@ -373,6 +349,20 @@ async fn an_outcome_reached_while_the_database_is_down_during_a_drain_is_written
     pg.pg("stop");
     // The job finishes with the database gone: its outcome cannot be written yet.
     std::fs::write(&gate, b"go").unwrap();
+    DrainWithoutDatabase { pg, w, id, gate }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_outcome_reached_while_the_database_is_down_during_a_drain_is_written_when_it_returns(
+    _o: PgPoolOptions,
+    _opts: PgConnectOptions,
+) {
+    let DrainWithoutDatabase {
+        pg,
+        mut w,
+        id,
+        gate,
+    } = finish_a_job_in_a_drain_with_the_database_down("outcome", "120s").await;
     w.wait_log(
         "could not record outcomes; retrying",
         Duration::from_secs(30),
@@ -381,11 +371,7 @@ async fn an_outcome_reached_while_the_database_is_down_during_a_drain_is_written
     pg.pg("start");
     let status = w.wait_exit(Duration::from_secs(90)).await;
     assert_eq!(status.code(), Some(0), "{}", w.log());
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&pg.url)
-        .await
-        .unwrap();
+    let pool = pg.pool().await;
     let (st, attempts, _) = state(&pool, id).await;
     assert_eq!(
         (st.as_str(), attempts),
@@ -402,39 +388,12 @@ async fn outcomes_the_database_never_took_within_the_budget_are_named_and_the_ex
     _o: PgPoolOptions,
     _opts: PgConnectOptions,
 ) {
-    let pg = PrivateCluster::start("abandon");
-    let pool = pg.migrated_pool().await;
-    let gate = std::env::temp_dir().join(format!(
-        "sluice-gate-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let id = insert(
-        &pool,
-        "sluice.hold",
-        &serde_json::json!({"file": gate}).to_string(),
-    )
-    .await;
-    let mut w = Worker::start(
-        &pg.url,
-        &[
-            ("SLUICE_WORKER_TEST_KINDS", "on"),
-            ("SLUICE_SHUTDOWN_TIMEOUT", "15s"),
-        ],
-    );
-    w.wait_ready().await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'processing' FROM jobs WHERE id = {id}"),
-        Duration::from_secs(10),
-    )
-    .await;
-    pool.close().await;
-    w.signal(libc::SIGTERM);
-    w.wait_log("waiting for in-flight jobs", Duration::from_secs(10))
-        .await;
-    pg.pg("stop");
-    std::fs::write(&gate, b"go").unwrap();
+    let DrainWithoutDatabase {
+        pg,
+        mut w,
+        id,
+        gate,
+    } = finish_a_job_in_a_drain_with_the_database_down("abandon", "15s").await;
     // The database stays down past the budget: the answer cannot be written, and the
     // exit says so (the lease expires and the job runs again; nothing is lost silently).
     let status = w.wait_exit(Duration::from_secs(120)).await;
@@ -445,11 +404,7 @@ async fn outcomes_the_database_never_took_within_the_budget_are_named_and_the_ex
         w.log()
     );
     pg.pg("start");
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&pg.url)
-        .await
-        .unwrap();
+    let pool = pg.pool().await;
     assert_eq!(
         state(&pool, id).await.0,
         "processing",
@@ -464,39 +419,13 @@ async fn a_second_signal_while_outcomes_wait_for_the_database_exits_at_once_nami
     _o: PgPoolOptions,
     _opts: PgConnectOptions,
 ) {
-    let pg = PrivateCluster::start("second");
-    let pool = pg.migrated_pool().await;
-    let gate = std::env::temp_dir().join(format!(
-        "sluice-gate-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let id = insert(
-        &pool,
-        "sluice.hold",
-        &serde_json::json!({"file": gate}).to_string(),
-    )
-    .await;
-    let mut w = Worker::start(
-        &pg.url,
-        &[
-            ("SLUICE_WORKER_TEST_KINDS", "on"),
-            ("SLUICE_SHUTDOWN_TIMEOUT", "600s"),
-        ],
-    );
-    w.wait_ready().await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'processing' FROM jobs WHERE id = {id}"),
-        Duration::from_secs(10),
-    )
-    .await;
-    pool.close().await;
-    w.signal(libc::SIGTERM);
-    w.wait_log("waiting for in-flight jobs", Duration::from_secs(10))
-        .await;
-    pg.pg("stop");
-    std::fs::write(&gate, b"go").unwrap();
+    // `_pg` keeps the (stopped) cluster until the end; dropping it destroys it.
+    let DrainWithoutDatabase {
+        pg: _pg,
+        mut w,
+        id,
+        gate,
+    } = finish_a_job_in_a_drain_with_the_database_down("second", "600s").await;
     w.wait_log(
         "could not record outcomes; retrying",
         Duration::from_secs(30),
@@ -657,24 +586,14 @@ async fn a_worker_whose_clock_is_off_still_starts_a_scheduled_job_on_time(
         );
         w.wait_ready().await;
         let probe = insert(&pool, "sluice.noop", "{}").await;
-        wait_until(
-            &pool,
-            &format!("SELECT state = 'completed' FROM jobs WHERE id = {probe}"),
-            Duration::from_secs(20),
-        )
-        .await;
+        wait_state(&pool, probe, "completed", Duration::from_secs(20)).await;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (kind, run_at) VALUES ('sluice.noop', now() + interval '2 seconds') RETURNING id",
         )
         .fetch_one(&pool)
         .await
         .unwrap();
-        wait_until(
-            &pool,
-            &format!("SELECT state = 'completed' FROM jobs WHERE id = {id}"),
-            Duration::from_secs(40),
-        )
-        .await;
+        wait_state(&pool, id, "completed", Duration::from_secs(40)).await;
         let late_by: f64 = sqlx::query_scalar(
             "SELECT extract(epoch FROM leased_at - run_at)::float8 FROM jobs WHERE id = $1",
         )

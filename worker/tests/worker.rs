@@ -10,8 +10,8 @@ use sqlx::{
     PgPool,
 };
 use support::{
-    insert, state, url_of, wait_ready_status, wait_until, write_temp, HeldLock, PrivateCluster,
-    Worker,
+    insert, state, url_of, wait_ready_status, wait_state, wait_until, write_temp, HeldLock,
+    PrivateCluster, Worker,
 };
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
@@ -42,12 +42,7 @@ async fn sigterm_lets_the_running_job_finish_and_leaves_queued_jobs_queued(
         ],
     );
     w.wait_ready().await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'processing' FROM jobs WHERE id = {long}"),
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_state(&pool, long, "processing", Duration::from_secs(10)).await;
     for _ in 0..100 {
         insert(&pool, "sluice.sleep", r#"{"ms": 10}"#).await;
     }
@@ -91,12 +86,7 @@ async fn a_job_longer_than_the_budget_is_put_back_without_using_an_attempt(
         ],
     );
     w.wait_ready().await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'processing' FROM jobs WHERE id = {id}"),
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_state(&pool, id, "processing", Duration::from_secs(10)).await;
     w.signal(libc::SIGTERM);
     let status = w.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{}", w.log());
@@ -128,22 +118,12 @@ async fn a_sigkilled_workers_job_is_finished_by_another_after_its_lease_expires(
     let envs = [("SLUICE_HANDLERS_FILE", handlers.to_str().unwrap())];
     let id = insert(&pool, "sluice.sleep", r#"{"ms": 1000}"#).await;
     let mut a = Worker::start(&url_of(&opts), &envs);
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'processing' FROM jobs WHERE id = {id}"),
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_state(&pool, id, "processing", Duration::from_secs(10)).await;
     a.signal(libc::SIGKILL);
     a.wait_exit(Duration::from_secs(5)).await;
     let mut b = Worker::start(&url_of(&opts), &envs);
     b.wait_ready().await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'completed' FROM jobs WHERE id = {id}"),
-        Duration::from_secs(15),
-    )
-    .await;
+    wait_state(&pool, id, "completed", Duration::from_secs(15)).await;
     let (_, attempts, leased_by) = state(&pool, id).await;
     assert_eq!(attempts, 2, "the crashed attempt counts");
     assert!(leased_by.unwrap().ends_with(&b.identity_suffix()));
@@ -175,12 +155,7 @@ async fn the_runbooks_pause_sql_holds_a_kind_and_flipping_it_back_runs_it(
     tx.commit().await.unwrap();
     // Other kinds keep running meanwhile: once this one is done, the worker has looked.
     let probe = insert(&pool, "sluice.noop", "{}").await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'completed' FROM jobs WHERE id = {probe}"),
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_state(&pool, probe, "completed", Duration::from_secs(5)).await;
     let paused: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE state = 'paused' AND leased_at IS NULL",
     )
@@ -215,12 +190,7 @@ async fn the_runbooks_force_release_lets_another_worker_run_a_stuck_job_and_fenc
         ("SLUICE_WORKER_POLL_INTERVAL", "60s"),
     ];
     let mut a = Worker::start(&url_of(&opts), &envs);
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'processing' FROM jobs WHERE id = {id}"),
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_state(&pool, id, "processing", Duration::from_secs(10)).await;
     a.signal(libc::SIGSTOP);
     let mut b = Worker::start(&url_of(&opts), &envs);
     b.wait_ready().await;
@@ -239,12 +209,7 @@ async fn the_runbooks_force_release_lets_another_worker_run_a_stuck_job_and_fenc
     )
     .await;
     lock.release().await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'completed' FROM jobs WHERE id = {id}"),
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_state(&pool, id, "completed", Duration::from_secs(5)).await;
 
     // The stopped worker wakes up, finishes its copy, and its answer must not apply.
     a.signal(libc::SIGCONT);
@@ -281,11 +246,7 @@ async fn the_worker_survives_a_postgres_restart_and_finishes_every_job(
     pool.close().await;
     pg.pg("stop");
     pg.pg("start");
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .unwrap();
+    let pool = pg.pool().await;
     // Outcomes that could not be written while Postgres was down are retried by the
     // completer; nothing is released by hand.
     wait_until(
@@ -315,12 +276,7 @@ async fn an_idle_worker_is_woken_by_the_enqueue_not_by_its_poll(
     w.wait_ready().await;
     for _ in 0..5 {
         let id = insert(&pool, "sluice.noop", "{}").await;
-        wait_until(
-            &pool,
-            &format!("SELECT state = 'completed' FROM jobs WHERE id = {id}"),
-            Duration::from_secs(30),
-        )
-        .await;
+        wait_state(&pool, id, "completed", Duration::from_secs(30)).await;
     }
 }
 
@@ -357,12 +313,7 @@ async fn readiness_flips_to_503_the_moment_sigterm_lands(
     let id = insert(&pool, "sluice.hold", r#"{"key": 4}"#).await;
     let mut w = Worker::start(&url_of(&opts), &[("SLUICE_WORKER_TEST_KINDS", "on")]);
     w.wait_ready().await;
-    wait_until(
-        &pool,
-        &format!("SELECT state = 'processing' FROM jobs WHERE id = {id}"),
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_state(&pool, id, "processing", Duration::from_secs(10)).await;
     let client = reqwest::Client::new();
     w.signal(libc::SIGTERM);
     wait_ready_status(
