@@ -106,6 +106,7 @@ impl Worker {
             slot_freed: Notify::new(),
             outcomes: tx,
             wake: Notify::new(),
+            check_leases: Notify::new(),
             pending_wake: Mutex::default(),
             drain: CancellationToken::new(),
             broken: AtomicBool::new(false),

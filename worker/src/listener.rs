@@ -7,7 +7,8 @@
 //!   database's clock (and leases first, in case the time has already come).
 //! - `sluice_cancel`: `<id>:<lease token>` of a processing job that was cancelled
 //!   (migration 2): its handler's signal fires at once; see [`Shared::revoke`].
-//! - A reconnect: anything may have been missed; the producer looks again.
+//! - A reconnect: anything may have been missed; the producer looks again, and the
+//!   heartbeat checks every running lease (a cancellation sent meanwhile shows there).
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -63,8 +64,9 @@ pub async fn run(shared: Arc<Shared>, mut wakeups: Wakeups, stop: CancellationTo
                 }
             }
             Wakeup::Reconnected => {
-                tracing::info!("LISTEN reconnected; looking for jobs that may have been missed");
+                tracing::info!("LISTEN reconnected; looking for jobs and cancellations that may have been missed");
                 shared.note_wake(true, true);
+                shared.check_leases.notify_one();
             }
         }
     }

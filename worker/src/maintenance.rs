@@ -18,6 +18,10 @@ use crate::state::{Shared, Totals};
 /// Renews the lease of every running job that has used a third of it, in one statement.
 /// A job missing from the answer lost its lease (released, rescued, cancelled): its
 /// handler is told to stop, since its result would be discarded anyway.
+///
+/// When [`Shared::check_leases`] fires (after a LISTEN reconnect) it renews every
+/// running lease at once, so a job cancelled while the cancellation could not be heard
+/// still stops within a heartbeat round trip rather than a third of its lease timeout.
 pub async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let shortest = shared
         .registry
@@ -27,14 +31,15 @@ pub async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         .unwrap_or(Duration::from_secs(300));
     let tick = (shortest / 6).clamp(Duration::from_millis(100), Duration::from_secs(10));
     loop {
-        tokio::select! {
+        let every = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
-        }
+            _ = tokio::time::sleep(tick) => false,
+            _ = shared.check_leases.notified() => true,
+        };
         let due: Vec<(Lease, Duration)> = shared
             .lock_running()
             .values()
-            .filter(|r| r.renewed_at.elapsed() >= r.lease_timeout / 3)
+            .filter(|r| every || r.renewed_at.elapsed() >= r.lease_timeout / 3)
             .map(|r| (r.lease, r.lease_timeout))
             .collect();
         if due.is_empty() {

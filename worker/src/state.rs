@@ -96,6 +96,10 @@ pub struct Shared {
     pub outcomes: mpsc::Sender<Outcome>,
     /// Wakes the producer after the listener saw a notification for one of our kinds.
     pub wake: Notify,
+    /// Asks the heartbeat to check every running lease now, not only those a third
+    /// through: the listener fires it after a LISTEN reconnect, since a cancellation sent
+    /// while it was disconnected was lost and only the lease shows it.
+    pub check_leases: Notify,
     /// What the listener saw since the producer last looked (coalesced).
     pub pending_wake: Mutex<PendingWake>,
     /// Fired when the worker must drain: the first termination signal, or a service

@@ -125,6 +125,61 @@ async fn cancelling_a_running_sleep_stops_it_and_frees_its_slot_for_the_next_job
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn a_cancel_sent_while_the_listen_connection_is_down_still_stops_the_handler_after_it_reconnects(
+    _o: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let pool = pool_for(&opts).await;
+    let long = insert(&pool, "sluice.sleep", r#"{"ms": 600000}"#).await;
+    let mut w = Worker::start(
+        &url_of(&opts),
+        &[
+            ("SLUICE_WORKER_CONCURRENCY", "1"),
+            ("SLUICE_WORKER_POLL_INTERVAL", "60s"),
+        ],
+    );
+    w.wait_ready().await;
+    wait_state(&pool, long, "processing", Duration::from_secs(10)).await;
+    let next = insert(&pool, "sluice.noop", "{}").await;
+    // Cut the worker's LISTEN connection and keep it from coming back: the database takes
+    // no new connections (the pools' open ones keep working).
+    // (ALTER DATABASE cannot do that from the database itself.)
+    let db = opts.get_database().unwrap().to_string();
+    let admin = pool_for(&opts.clone().database("postgres")).await;
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(cut, 1, "one LISTEN connection");
+    w.wait_log("LISTEN connection failed", Duration::from_secs(20))
+        .await;
+    // The cancellation's notification goes out now, to nobody.
+    sluice_common::storage::cancel_job(&pool, long, &operator())
+        .await
+        .unwrap();
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    // Only the lease shows the cancellation now. The heartbeat alone would notice it a
+    // third of the 5-minute lease later; the reconnect makes it look at once, so the
+    // only slot frees and the next job runs well inside this wait.
+    wait_state(&pool, next, "completed", Duration::from_secs(45)).await;
+    assert!(w.log().contains("lease lost while running"), "{}", w.log());
+    assert_eq!(state(&pool, long).await.0, "cancelled");
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await.code(), Some(0));
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn cancelling_a_job_whose_handler_ignores_the_signal_aborts_it_and_frees_the_slot(
     _o: PgPoolOptions,
     opts: PgConnectOptions,
