@@ -51,11 +51,12 @@ pub async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output 
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((io, _peer)) => {
+            Ok((io, peer)) => {
                 let _ = io.set_nodelay(true);
                 connections.spawn(serve_connection(
                     builder.clone(),
                     io,
+                    PeerAddr(peer.ip()),
                     app.clone(),
                     closing.clone(),
                 ));
@@ -93,17 +94,24 @@ impl Drop for Serving {
     }
 }
 
+/// The TCP peer of the connection a request came on, as a request extension (what the UI's
+/// sign-in throttle keys on). Absent for requests that did not come through [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
 async fn serve_connection(
     builder: hyper::server::conn::http1::Builder,
     io: TcpStream,
+    peer: PeerAddr,
     app: Router,
     closing: CancellationToken,
 ) {
     let serving = Arc::new(AtomicUsize::new(0));
     let count = serving.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let guard = Serving::start(&count);
         let app = app.clone();
+        req.extensions_mut().insert(peer);
         async move {
             let resp = app.oneshot(req.map(Body::new)).await?;
             Ok::<_, std::convert::Infallible>(resp.map(|body| {

@@ -43,6 +43,8 @@ pub struct AppState {
     /// Request work detached from its client ([`crate::detach`]): the drain waits for it,
     /// so a request whose client left still ends before the pool closes.
     pub detached: TaskTracker,
+    /// Failed UI sign-ins per client address ([`crate::ui::throttle`]).
+    pub sign_in_throttle: Arc<crate::ui::throttle::SignInThrottle>,
 }
 
 impl AppState {
@@ -68,6 +70,7 @@ impl AppState {
             in_flight: InFlight::default(),
             background,
             detached: TaskTracker::new(),
+            sign_in_throttle: Arc::default(),
         }
     }
 }

@@ -305,6 +305,35 @@ async fn the_sign_in_page_has_a_token_field_and_a_sign_in_button_and_refuses_wro
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn ten_wrong_tokens_from_one_address_make_sign_in_wait_even_for_the_right_one(pool: PgPool) {
+    let app = app(pool.clone());
+    // A good sign-in first: success leaves the allowance untouched.
+    sign_in(&app, ADM).await;
+    for i in 0..10 {
+        let r = try_sign_in(&app, "not-a-token").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let r = try_sign_in(&app, ADM).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert!(r.body.contains("Too many wrong tokens"), "{}", r.body);
+    let wait: u64 = r.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=6).contains(&wait), "Retry-After {wait}");
+    assert!(cookie_value(&r.set_cookies(), "sluice_ui_session").is_none());
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM ui_sessions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "only the first sign-in made a session");
+    // Another API process (its own state) counts its own attempts.
+    let other = app_with(pool.clone(), UiSettings::default());
+    sign_in(&other, ADM).await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn pages_without_a_session_redirect_to_sign_in_and_return_there_afterwards(pool: PgPool) {
     let app = app(pool.clone());
     let id = enqueue(&pool, "email.send", json!({})).await;

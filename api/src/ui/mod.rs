@@ -21,6 +21,7 @@ pub mod actions;
 pub mod chart;
 pub mod pages;
 pub mod session;
+pub mod throttle;
 pub mod views;
 
 use std::{sync::Arc, time::Duration};

@@ -16,7 +16,7 @@ use axum::{
     extract::{FromRequestParts, Query, State},
     http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Redirect, Response},
-    Form,
+    Extension, Form,
 };
 use rand::RngCore;
 use serde::Deserialize;
@@ -26,6 +26,7 @@ use subtle::ConstantTimeEq;
 
 use crate::{
     auth::{Principal, Scope},
+    server::PeerAddr,
     state::AppState,
     ui::views::{self, UiError},
 };
@@ -283,13 +284,36 @@ pub struct SignInForm {
 }
 
 /// `POST /ui/sign-in`: checks the token and starts a session.
+///
+/// Failed attempts are limited per client address ([`crate::ui::throttle`]): past the
+/// limit it answers 429 with `Retry-After` without looking at the token.
 pub async fn sign_in(
     State(state): State<AppState>,
     uri: axum::http::Uri,
     headers: HeaderMap,
+    peer: Option<Extension<PeerAddr>>,
     form: Result<Form<SignInForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let secure = is_https(&uri, &headers);
+    let peer = peer.map(|Extension(PeerAddr(ip))| ip);
+    if let Err(wait) = state.sign_in_throttle.check(peer) {
+        let next = form
+            .as_ref()
+            .map(|Form(f)| safe_next(Some(&f.next)).to_string())
+            .unwrap_or_else(|_| "/ui".to_string());
+        let mut resp = sign_in_response(
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            None,
+            Some("Too many wrong tokens from this address. Wait a few seconds and try again."),
+            secure,
+        );
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return resp;
+    }
     let Ok(Form(form)) = form else {
         return sign_in_response(
             &state,
@@ -317,6 +341,7 @@ pub async fn sign_in(
         None => sha256(b""),
         Some(tokens) => {
             if tokens.principal(presented.as_bytes()).is_none() {
+                state.sign_in_throttle.failed(peer);
                 return sign_in_response(
                     &state,
                     StatusCode::UNAUTHORIZED,
