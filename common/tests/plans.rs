@@ -121,7 +121,7 @@ async fn a_lease_on_a_never_analyzed_backlog_reads_index_entries_of_its_own_batc
         assert!(
             scans
                 .iter()
-                .any(|(t, idx, _)| t == "Index Scan" && idx == "jobs_queued_kind_claim_idx"),
+                .any(|(t, idx, _)| t == "Index Scan" && idx == "jobs_claim_idx"),
             "the claim walks the per-kind claim index: {scans:?}\n{plan:#}"
         );
         for (node, index, rows) in &scans {
@@ -240,4 +240,55 @@ async fn the_cleaner_analyzes_a_jobs_table_that_has_no_statistics_once(pool: PgP
             .unwrap(),
         "a table with statistics is not analyzed again"
     );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_lease_after_statistics_taken_while_nothing_was_queued_still_walks_the_claim_index(
+    pool: PgPool,
+) {
+    // Issue 11's slow drain: a table of finished rows analyzed while nothing was queued
+    // (its statistics say "no queued rows"), then a backlog arrives before the next
+    // ANALYZE. The plain clause `state = 'queued'` then let the planner fetch and sort a
+    // kind's whole backlog through `jobs_state_kind_id_idx` on every lease.
+    sqlx::query("ALTER TABLE jobs SET (autovacuum_enabled = off)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (kind, state, attempts, finished_at)
+         SELECT 'kind' || (g % $1), (ARRAY['completed','completed','failed','cancelled'])[1 + g % 4],
+                1, now() - (g % 3600) * interval '1 s'
+           FROM generate_series(1, 100000) g",
+    )
+    .bind(KINDS as i32)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE jobs")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (kind) SELECT 'kind' || (g % $1) FROM generate_series(1, 20000) g",
+    )
+    .bind(KINDS as i32)
+    .execute(&pool)
+    .await
+    .unwrap();
+    for limit in [1_i64, 16, 100] {
+        let plan = explain_lease(&pool, limit).await;
+        let scans = jobs_scans(&plan);
+        assert!(
+            scans
+                .iter()
+                .any(|(t, idx, _)| t == "Index Scan" && idx == "jobs_claim_idx"),
+            "the claim walks the claim index: {scans:?}\n{plan:#}"
+        );
+        for (node, index, rows) in &scans {
+            assert!(
+                *rows <= (limit as f64) * KINDS as f64,
+                "{node} on {index} produced {rows} rows for a lease of {limit}:\n{plan:#}"
+            );
+        }
+    }
 }

@@ -21,7 +21,7 @@ pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
               CROSS JOIN LATERAL (
                     SELECT j.id, j.kind, j.priority, j.run_at
                       FROM jobs j
-                     WHERE j.state = 'queued'
+                     WHERE (j.state = 'queued') IS TRUE
                        AND j.kind = k.kind
                        AND j.run_at <= now()
                      ORDER BY j.kind, j.priority DESC, j.run_at, j.id
@@ -58,7 +58,10 @@ pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
 /// that raced the pause). Higher priority first, then oldest `run_at`.
 ///
 /// The best rows are found per kind (a `LATERAL` over the kinds) on the partial index
-/// `jobs_queued_kind_claim_idx (kind, priority DESC, run_at, id)`, so a lease reads only
+/// `jobs_claim_idx (kind, priority DESC, run_at, id) WHERE (state = 'queued') IS TRUE`
+/// (migration 5), whose predicate the statement repeats verbatim: no other index can
+/// serve that clause, so stale statistics (taken while nothing was queued) cannot make
+/// the planner fetch and sort a kind's whole backlog instead. A lease reads only
 /// the worker's own kinds' entries, never other kinds' or finished rows. (`j.kind` leads
 /// the inner `ORDER BY` only so the planner sees the index order; it is constant there.)
 /// Each kind's scan may lock up to `limit` rows of which the outer `LIMIT` keeps the best
