@@ -67,7 +67,7 @@ async fn doctor_says_healthy_and_exits_0_on_a_healthy_database(pool: PgPool) {
         .as_array()
         .unwrap()
         .iter()
-        .any(|i| i["name"] == "jobs_queued_kind_claim_idx"));
+        .any(|i| i["name"] == "jobs_claim_idx"));
     assert_eq!(j["retention"]["settings"]["defaults"]["completed"], "1d");
     assert_eq!(j["retention"]["settings"]["defaults"]["failed"], "7d");
     assert!(j["notification_queue_usage"].as_f64().unwrap() < 0.5);

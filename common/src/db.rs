@@ -390,6 +390,25 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
         .execute(&mut *conn)
         .await?;
     MIGRATOR.run(&mut *conn).await?;
+    // Fresh statistics for the tables the hot statements read, so that the first backlog
+    // after a deployment (or after migrations that built indexes) is not planned from
+    // defaults. An autovacuum working on `jobs` holds the lock ANALYZE needs: then it is
+    // gathering statistics already, and migrating must not wait on it or fail.
+    sqlx::query("SET lock_timeout = '2s'")
+        .execute(&mut *conn)
+        .await?;
+    match sqlx::query("ANALYZE jobs, job_kinds")
+        .execute(&mut *conn)
+        .await
+    {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+            tracing::warn!(
+                "ANALYZE after migrating waited too long for a lock (autovacuum?); skipped"
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
     sqlx::query("RESET lock_timeout")
         .execute(&mut *conn)
         .await?;

@@ -418,10 +418,7 @@ async fn the_hot_statements_read_their_kind_indexes_not_finished_rows_or_other_k
     })
     .await;
     assert_eq!(seq, 0, "no sequential scan of jobs: {reads:?}");
-    let claim = reads
-        .get("jobs_queued_kind_claim_idx")
-        .copied()
-        .unwrap_or_default();
+    let claim = reads.get("jobs_claim_idx").copied().unwrap_or_default();
     assert!(
         claim.0 >= 8,
         "every lease scanned the claim index: {reads:?}"

@@ -221,6 +221,7 @@ impl Worker {
                 tracker.clone(),
                 producer::ProducerConfig {
                     poll_interval: config.poll_interval,
+                    prefetch: config.prefetch as usize,
                 },
                 drain.clone(),
             ),

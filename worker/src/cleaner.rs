@@ -73,7 +73,17 @@ pub async fn pass(
         tracing::debug!("another worker is cleaning; skipping this pass");
         return Ok(None);
     }
-    let result = clean(&mut conn, shared, config, stop).await;
+    // One worker at a time (the lock), once per pass: statistics for a table that got its
+    // first backlog before autovacuum came by.
+    let result = match storage::analyze_jobs_if_never_analyzed(&mut conn).await {
+        Ok(analyzed) => {
+            if analyzed {
+                tracing::info!("analyzed the jobs table (it had no statistics)");
+            }
+            clean(&mut conn, shared, config, stop).await
+        }
+        Err(err) => Err(err),
+    };
     match result {
         Ok(n) => {
             if storage::unlock_retention(&mut conn).await.is_err() {

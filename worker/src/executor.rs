@@ -65,8 +65,20 @@ pub fn spawn_job(
         });
         return;
     };
-    let cancel = shared.handler_cancel.child_token();
-    let revoked = CancellationToken::new();
+    // A job the producer held in its prefetch buffer is in the running set already: keep
+    // its tokens, so a cancellation (or a lost lease) seen while it waited stops it.
+    let held = shared
+        .lock_running()
+        .get(&job.id)
+        .filter(|r| r.lease.token == lease.token)
+        .map(|r| (r.cancel.clone(), r.revoked.clone(), r.renewed_at));
+    let (cancel, revoked, renewed_at) = held.unwrap_or_else(|| {
+        (
+            shared.handler_cancel.child_token(),
+            CancellationToken::new(),
+            Instant::now(),
+        )
+    });
     // A consumer span (OpenTelemetry messaging conventions) whose parent is the server span
     // of the API request that enqueued the job, stored with it as its `traceparent`.
     let span = tracing::info_span!(
@@ -101,7 +113,7 @@ pub fn spawn_job(
             lease,
             kind: job.kind.clone(),
             lease_timeout: kind.lease_timeout,
-            renewed_at: Instant::now(),
+            renewed_at,
             cancel,
             abort: Some(handle.abort_handle()),
             revoked: revoked.clone(),

@@ -1,5 +1,5 @@
-//! The producer: leases exactly as many jobs as there are free slots, in one statement,
-//! and sleeps until there is reason to believe more are runnable.
+//! The producer: leases as many jobs as there are free slots (plus, with
+//! `SLUICE_WORKER_PREFETCH`, a small local buffer), in one statement, and sleeps until there is reason to believe more are runnable.
 //!
 //! Reasons to look again: a notification for one of our kinds passed on by the
 //! [`crate::listener`] (enqueue, retry, release, resume, an operator's UPDATE, a LISTEN
@@ -13,41 +13,71 @@
 //! job on time.
 
 use std::{
+    collections::VecDeque,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
 use sluice_common::{
-    model::{KindLease, LeasedJob},
+    model::{KindLease, Lease, LeasedJob},
     storage,
 };
 use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{executor::spawn_job, state::Shared};
+use crate::{
+    executor::spawn_job,
+    state::{Running, Shared, Totals},
+};
 
 /// The producer's settings.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// Fallback poll when no notification arrives.
     pub poll_interval: Duration,
+    /// Most jobs held leased ahead of free slots (`SLUICE_WORKER_PREFETCH`); 0: none.
+    pub prefetch: usize,
 }
 
-/// Leases and starts jobs until `stop` fires. Returns once it has stopped leasing.
+/// Leases and starts jobs until `stop` fires. Returns once it has stopped leasing (and
+/// has put its prefetched, never started jobs back).
+///
+/// With a prefetch, the producer keeps up to `prefetch` leased jobs in a local buffer
+/// and starts them as slots free, without a round trip. It leases again when the buffer
+/// is down to half, for the free slots plus the buffer's room, so a busy worker leases in
+/// batches of about `prefetch / 2` or more. An idle worker is unaffected: a notification
+/// leases what is there, one job included, and starts it at once. Buffered jobs are in
+/// the running set from their lease on, so the heartbeat renews them, a cancellation
+/// reaches them, and kind concurrency limits count them.
 pub async fn run(
     shared: Arc<Shared>,
     tracker: TaskTracker,
     config: ProducerConfig,
     stop: CancellationToken,
 ) {
+    let mut buffer: VecDeque<LeasedJob> = VecDeque::with_capacity(config.prefetch);
+    produce(&shared, &tracker, &config, &stop, &mut buffer).await;
+    release_buffered(&shared, buffer).await;
+}
+
+async fn produce(
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    config: &ProducerConfig,
+    stop: &CancellationToken,
+    buffer: &mut VecDeque<LeasedJob>,
+) {
     let mut look = true;
     let mut next_scheduled: Option<Instant> = None;
     let mut error_backoff = Duration::from_millis(100);
     let mut refresh_schedule = true;
+    // The last lease came back full (or there was no room to lease): more may be waiting.
+    let mut more = false;
     loop {
         if stop.is_cancelled() {
             return;
         }
+        start_buffered(shared, tracker, buffer);
         let mut came_back_full = false;
         if refresh_schedule {
             // Before the lease, never after it: a row that comes due between this query
@@ -57,27 +87,22 @@ pub async fn run(
             // for the fallback poll. One query per notification of a scheduled job, per
             // timer and per poll, never per lease.
             refresh_schedule = false;
-            next_scheduled = find_next_scheduled(&shared).await;
+            next_scheduled = find_next_scheduled(shared).await;
             look = true;
         }
         if look {
-            let free = shared.slots.available_permits();
-            if free > 0 {
-                match lease_round(&shared, free).await {
+            let want = wanted(shared, config.prefetch, buffer.len());
+            if want > 0 {
+                match lease_round(shared, want).await {
                     Ok((jobs, full)) => {
                         error_backoff = Duration::from_millis(100);
                         shared.leasing.store(true, Ordering::SeqCst);
                         came_back_full = full;
                         for job in jobs {
-                            // Only the producer takes permits, so these are there.
-                            match shared.slots.clone().try_acquire_owned() {
-                                Ok(permit) => spawn_job(&shared, &tracker, job, permit),
-                                Err(_) => tracing::error!(
-                                    job.id = job.id,
-                                    "no free slot for a leased job"
-                                ),
-                            }
+                            hold(shared, &job);
+                            buffer.push_back(job);
                         }
+                        start_buffered(shared, tracker, buffer);
                     }
                     Err(err) => {
                         shared.leasing.store(false, Ordering::SeqCst);
@@ -91,12 +116,14 @@ pub async fn run(
                     }
                 }
             } else {
-                // Every slot busy: there may be more runnable jobs; look when one frees.
+                // Every slot busy and the buffer full enough: there may be more runnable
+                // jobs; look when a slot frees.
                 came_back_full = true;
             }
+            more = came_back_full;
         }
         look = false;
-        if came_back_full && shared.slots.available_permits() > 0 {
+        if came_back_full && wanted(shared, config.prefetch, buffer.len()) > 0 {
             look = true;
             continue;
         }
@@ -105,7 +132,9 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            _ = shared.slot_freed.notified(), if came_back_full => { look = true; }
+            // A freed slot starts a buffered job (top of the loop), and leases again if the
+            // last lease suggested more are waiting.
+            _ = shared.slot_freed.notified(), if more || !buffer.is_empty() => { look = more; }
             _ = shared.wake.notified() => {
                 let seen = shared.take_wake();
                 look |= seen.look;
@@ -118,6 +147,100 @@ pub async fn run(
                     next_scheduled = None;
                 }
             }
+        }
+    }
+}
+
+/// How many jobs to lease now: one per free slot (not taken by a buffered job), plus the
+/// buffer's room once it is down to half (so leases come in batches, not one per slot).
+fn wanted(shared: &Shared, prefetch: usize, buffered: usize) -> usize {
+    let free = shared.slots.available_permits().saturating_sub(buffered);
+    let room = if buffered <= prefetch / 2 {
+        prefetch - buffered
+    } else {
+        0
+    };
+    if free == 0 && room == 0 {
+        0
+    } else {
+        free + room
+    }
+}
+
+/// Enters a leased job in the running set (heartbeated, cancellable, counted against its
+/// kind's limit) before it has a slot.
+fn hold(shared: &Shared, job: &LeasedJob) {
+    let lease_timeout = shared
+        .registry
+        .get(&job.kind)
+        .map_or(Duration::from_secs(300), |k| k.lease_timeout);
+    shared.lock_running().insert(
+        job.id,
+        Running {
+            lease: Lease {
+                job_id: job.id,
+                token: job.token,
+            },
+            kind: job.kind.clone(),
+            lease_timeout,
+            renewed_at: std::time::Instant::now(),
+            cancel: shared.handler_cancel.child_token(),
+            abort: None,
+            revoked: CancellationToken::new(),
+            finished: false,
+        },
+    );
+}
+
+/// Starts buffered jobs, oldest lease first, while slots are free.
+fn start_buffered(shared: &Arc<Shared>, tracker: &TaskTracker, buffer: &mut VecDeque<LeasedJob>) {
+    while !buffer.is_empty() {
+        // Only the producer takes permits, so a free one stays free until used here.
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            return;
+        };
+        if let Some(job) = buffer.pop_front() {
+            spawn_job(shared, tracker, job, permit);
+        }
+    }
+}
+
+/// Puts the buffered (never started) jobs back at once, their attempt restored
+/// (`interrupt_jobs`): the worker is draining and will not run them. If the database
+/// does not answer, they stay in the running set and the drain's last step
+/// ([`crate::maintenance::release_all`]) tries again.
+async fn release_buffered(shared: &Shared, buffer: VecDeque<LeasedJob>) {
+    if buffer.is_empty() {
+        return;
+    }
+    let leases: Vec<Lease> = buffer
+        .iter()
+        .map(|j| Lease {
+            job_id: j.id,
+            token: j.token,
+        })
+        .collect();
+    let reason = format!(
+        "interrupted: worker {} was shutting down before starting the job",
+        shared.identity
+    );
+    match storage::interrupt_jobs(shared.client.pool(), &leases, &reason).await {
+        Ok(done) => {
+            let mut running = shared.lock_running();
+            for id in &done {
+                if let Some(r) = running.remove(id) {
+                    shared
+                        .metrics
+                        .interrupted
+                        .with_label_values(&[&r.kind])
+                        .inc();
+                }
+            }
+            Totals::add(&shared.totals.interrupted, done.len());
+            tracing::info!(jobs = done.len(), "put prefetched jobs back");
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, jobs = leases.len(), "could not put prefetched jobs back yet; retrying at the end of the drain");
         }
     }
 }

@@ -12,6 +12,41 @@ use crate::model::{
 
 use super::{DONE_IDS_PER_STATEMENT, REQUEUE_STATE};
 
+/// The statement of [`lease_jobs`]: `$1` worker, `$2` kinds, `$3` their lease timeouts
+/// in ms, `$4` limit. Public so that `common/tests/plans.rs` can `EXPLAIN` the very
+/// statement the worker runs.
+pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
+             SELECT c.id, c.kind
+               FROM unnest($2::text[]) AS k(kind)
+              CROSS JOIN LATERAL (
+                    SELECT j.id, j.kind, j.priority, j.run_at
+                      FROM jobs j
+                     WHERE (j.state = 'queued') IS TRUE
+                       AND j.kind = k.kind
+                       AND j.run_at <= now()
+                     ORDER BY j.kind, j.priority DESC, j.run_at, j.id
+                     LIMIT $4
+                       FOR UPDATE OF j SKIP LOCKED
+                    ) c
+              WHERE NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = k.kind AND p.paused)
+                AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
+              ORDER BY c.priority DESC, c.run_at, c.id
+              LIMIT $4
+         )
+         UPDATE jobs j
+            SET state = 'processing',
+                attempts = j.attempts + 1,
+                leased_by = $1,
+                leased_at = now(),
+                lease_expires_at = now() + t.timeout_ms * interval '1 millisecond',
+                lease_token = sluice_new_lease_token(),
+                updated_at = now()
+           FROM claimed c
+           JOIN unnest($2::text[], $3::int8[]) AS t(kind, timeout_ms) ON t.kind = c.kind
+          WHERE j.id = c.id
+         RETURNING j.id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts, j.lease_token,
+                   j.lease_expires_at, j.run_at, j.created_at, j.traceparent";
+
 /// Leases up to `limit` runnable jobs of the given kinds in one statement: locks them with
 /// `FOR UPDATE SKIP LOCKED` (concurrent leasers never wait on, or get, each other's rows),
 /// moves them to `processing`, counts the attempt, and stamps the lease: `leased_by`,
@@ -23,7 +58,10 @@ use super::{DONE_IDS_PER_STATEMENT, REQUEUE_STATE};
 /// that raced the pause). Higher priority first, then oldest `run_at`.
 ///
 /// The best rows are found per kind (a `LATERAL` over the kinds) on the partial index
-/// `jobs_queued_kind_claim_idx (kind, priority DESC, run_at, id)`, so a lease reads only
+/// `jobs_claim_idx (kind, priority DESC, run_at, id) WHERE (state = 'queued') IS TRUE`
+/// (migration 5), whose predicate the statement repeats verbatim: no other index can
+/// serve that clause, so stale statistics (taken while nothing was queued) cannot make
+/// the planner fetch and sort a kind's whole backlog instead. A lease reads only
 /// the worker's own kinds' entries, never other kinds' or finished rows. (`j.kind` leads
 /// the inner `ORDER BY` only so the planner sees the index order; it is constant there.)
 /// Each kind's scan may lock up to `limit` rows of which the outer `LIMIT` keeps the best
@@ -51,51 +89,33 @@ pub async fn lease_jobs(
         .iter()
         .map(|k| k.lease_timeout.as_millis() as i64)
         .collect();
-    let rows = sqlx::query_as(
-        "WITH claimed AS MATERIALIZED (
-             SELECT c.id, c.kind
-               FROM unnest($2::text[]) AS k(kind)
-              CROSS JOIN LATERAL (
-                    SELECT j.id, j.kind, j.priority, j.run_at
-                      FROM jobs j
-                     WHERE j.state = 'queued'
-                       AND j.kind = k.kind
-                       AND j.run_at <= now()
-                     ORDER BY j.kind, j.priority DESC, j.run_at, j.id
-                     LIMIT $4
-                       FOR UPDATE OF j SKIP LOCKED
-                    ) c
-              WHERE NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = k.kind AND p.paused)
-                AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
-              ORDER BY c.priority DESC, c.run_at, c.id
-              LIMIT $4
-         )
-         UPDATE jobs j
-            SET state = 'processing',
-                attempts = j.attempts + 1,
-                leased_by = $1,
-                leased_at = now(),
-                lease_expires_at = now() + t.timeout_ms * interval '1 millisecond',
-                lease_token = sluice_new_lease_token(),
-                updated_at = now()
-           FROM claimed c
-           JOIN unnest($2::text[], $3::int8[]) AS t(kind, timeout_ms) ON t.kind = c.kind
-          WHERE j.id = c.id
-         RETURNING j.id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts, j.lease_token,
-                   j.lease_expires_at, j.run_at, j.created_at, j.traceparent",
-    )
-    .bind(worker)
-    .bind(&names)
-    .bind(&timeouts_ms)
-    .bind(limit as i64)
-    .fetch_all(exec)
-    .await?;
+    let rows = sqlx::query_as(LEASE_JOBS_SQL)
+        .bind(worker)
+        .bind(&names)
+        .bind(&timeouts_ms)
+        .bind(limit as i64)
+        .fetch_all(exec)
+        .await?;
     Ok(rows)
 }
 
 fn split_leases(leases: &[Lease]) -> (Vec<i64>, Vec<i64>) {
     leases.iter().map(|l| (l.job_id, l.token)).unzip()
 }
+
+/// The statement of [`complete_jobs`]: `$1` job ids, `$2` their lease tokens. Public so
+/// that `common/tests/plans.rs` can `EXPLAIN` the very statement the completer runs.
+pub const COMPLETE_JOBS_SQL: &str = "WITH done AS (
+                 UPDATE jobs j
+                    SET state = 'completed', finished_at = now(), updated_at = now(),
+                        lease_expires_at = NULL, lease_token = NULL, last_error = NULL
+                   FROM unnest($1::int8[], $2::int8[]) AS l(id, token)
+                  WHERE j.id = l.id AND j.lease_token = l.token AND (j.state = 'processing') IS TRUE
+                 RETURNING j.id
+             ), told AS (
+                 SELECT pg_notify('sluice_done', string_agg(id::text, ',')) FROM done HAVING count(*) > 0
+             )
+             SELECT id FROM done WHERE (SELECT count(*) FROM told) >= 0";
 
 /// Marks leased jobs `completed`, fenced on each lease. Returns the ids it applied to;
 /// the rest had lost their lease (released, rescued, cancelled, re-leased) and were left
@@ -111,23 +131,11 @@ pub async fn complete_jobs(conn: &mut PgConnection, leases: &[Lease]) -> Result<
     let mut applied = Vec::with_capacity(leases.len());
     for chunk in leases.chunks(DONE_IDS_PER_STATEMENT) {
         let (ids, tokens) = split_leases(chunk);
-        let rows: Vec<i64> = sqlx::query_scalar(
-            "WITH done AS (
-                 UPDATE jobs j
-                    SET state = 'completed', finished_at = now(), updated_at = now(),
-                        lease_expires_at = NULL, lease_token = NULL, last_error = NULL
-                   FROM unnest($1::int8[], $2::int8[]) AS l(id, token)
-                  WHERE j.id = l.id AND j.lease_token = l.token AND (j.state = 'processing') IS TRUE
-                 RETURNING j.id
-             ), told AS (
-                 SELECT pg_notify('sluice_done', string_agg(id::text, ',')) FROM done HAVING count(*) > 0
-             )
-             SELECT id FROM done WHERE (SELECT count(*) FROM told) >= 0",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows: Vec<i64> = sqlx::query_scalar(COMPLETE_JOBS_SQL)
+            .bind(&ids)
+            .bind(&tokens)
+            .fetch_all(&mut *conn)
+            .await?;
         applied.extend(rows);
     }
     Ok(applied)
@@ -399,4 +407,31 @@ pub async fn delete_finished_jobs(
     .execute(exec)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Analyzes `jobs` if its statistics describe no rows at all (never analyzed, neither by
+/// `ANALYZE` nor by autovacuum, or last analyzed while empty, as `sluicectl migrate` does
+/// on a fresh database) while at least 1000 rows changed since. Returns whether it
+/// analyzed.
+///
+/// Why: a fresh deployment that gets a backlog before autovacuum's first visit plans every
+/// statement from default selectivities. The hot statements are shaped to be safe even
+/// then (see `common/tests/plans.rs`), but the API's lists and the operators' SQL are not,
+/// and autovacuum may take minutes to come by. The cleaner calls this once per pass (it
+/// holds the retention lock, so one worker at a time); on a table that has statistics it
+/// costs one look at `pg_stat_user_tables`.
+pub async fn analyze_jobs_if_never_analyzed(conn: &mut PgConnection) -> Result<bool> {
+    let never: bool = sqlx::query_scalar(
+        "SELECT coalesce(bool_and((s.last_analyze IS NULL AND s.last_autoanalyze IS NULL
+                                    OR c.reltuples <= 0)
+                                   AND s.n_mod_since_analyze >= 1000), false)
+           FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+          WHERE s.relid = 'jobs'::regclass",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if never {
+        sqlx::query("ANALYZE jobs").execute(&mut *conn).await?;
+    }
+    Ok(never)
 }

@@ -1,0 +1,135 @@
+//! `SLUICE_WORKER_PREFETCH`: a worker that leases ahead of its free slots into a small
+//! local buffer (issue 14). The real binary against a real Postgres, real signals.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its line
+
+mod support;
+
+use std::time::Duration;
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool,
+};
+use support::{insert, state, url_of, wait_until, HeldLock, Worker};
+
+const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
+
+async fn pool_for(opts: &PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts.clone())
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn prefetched_jobs_are_capped_and_put_back_at_once_on_sigterm_with_their_attempt_restored(
+    _o: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let pool = pool_for(&opts).await;
+    let lock = HeldLock::take(&opts, 11).await;
+    let long = insert(&pool, "sluice.hold", r#"{"key": 11}"#).await;
+    let mut w = Worker::start(
+        &url_of(&opts),
+        &[
+            ("SLUICE_WORKER_CONCURRENCY", "1"),
+            ("SLUICE_WORKER_PREFETCH", "4"),
+            ("SLUICE_WORKER_TEST_KINDS", "on"),
+        ],
+    );
+    w.wait_ready().await;
+    wait_until(
+        &pool,
+        &format!("SELECT state = 'processing' FROM jobs WHERE id = {long}"),
+        Duration::from_secs(10),
+    )
+    .await;
+    // The only slot is busy: these can only be leased into the buffer, and only 4 of them.
+    for _ in 0..10 {
+        insert(&pool, "sluice.sleep", r#"{"ms": 0}"#).await;
+    }
+    wait_until(
+        &pool,
+        "SELECT count(*) = 4 FROM jobs WHERE kind = 'sluice.sleep' AND state = 'processing'",
+        Duration::from_secs(10),
+    )
+    .await;
+    let queued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE kind = 'sluice.sleep' AND state = 'queued'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        queued, 6,
+        "the buffer holds at most SLUICE_WORKER_PREFETCH jobs"
+    );
+
+    w.signal(libc::SIGTERM);
+    w.wait_log("put prefetched jobs back", Duration::from_secs(10))
+        .await;
+    // The held job still runs (the lock is still taken), yet the buffered ones are back.
+    assert_eq!(state(&pool, long).await.0, "processing");
+    let (queued, leased, attempts): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'queued'),
+                count(*) FILTER (WHERE leased_at IS NOT NULL),
+                coalesce(sum(attempts), 0)
+           FROM jobs WHERE kind = 'sluice.sleep'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (queued, leased, attempts),
+        (10, 0, 0),
+        "prefetched jobs are queued again at once, no attempt used"
+    );
+    lock.release().await;
+    let status = w.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", w.log());
+    assert_eq!(state(&pool, long).await.0, "completed");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_prefetching_worker_runs_a_backlog_through_its_buffer_once_each(
+    _o: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let pool = pool_for(&opts).await;
+    sqlx::query(
+        "INSERT INTO jobs (kind, payload) SELECT 'sluice.sleep', '{\"ms\": 0}' FROM generate_series(1, 2000)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut w = Worker::start(
+        &url_of(&opts),
+        &[
+            ("SLUICE_WORKER_CONCURRENCY", "4"),
+            ("SLUICE_WORKER_PREFETCH", "100"),
+            ("SLUICE_WORKER_TEST_KINDS", "on"),
+        ],
+    );
+    w.wait_ready().await;
+    wait_until(
+        &pool,
+        "SELECT count(*) = 2000 FROM jobs WHERE state = 'completed'",
+        Duration::from_secs(120),
+    )
+    .await;
+    let (max_attempts, batches): (i32, i64) =
+        sqlx::query_as("SELECT max(attempts), count(DISTINCT leased_at) FROM jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(max_attempts, 1, "every job ran once");
+    // 2000 jobs, 4 slots: without the buffer a lease takes at most 4 jobs (500+ leases).
+    assert!(
+        batches < 200,
+        "leases come in batches bigger than the free slots: {batches} leases"
+    );
+    w.signal(libc::SIGTERM);
+    let status = w.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", w.log());
+}
