@@ -213,6 +213,15 @@ impl Worker {
                 drain.clone(),
             ),
         );
+        let periodic = supervisor.spawn(
+            "periodic",
+            drain.clone(),
+            crate::periodic::run(
+                shared.clone(),
+                shared.registry.periodic().to_vec(),
+                drain.clone(),
+            ),
+        );
         let producer = supervisor.spawn(
             "producer",
             drain.clone(),
@@ -324,6 +333,7 @@ impl Worker {
             let _ = rescuer.await;
             let _ = stats.await;
             let _ = cleaner.await;
+            let _ = periodic.await;
         })
         .await;
         flag_watch.abort();

@@ -109,6 +109,7 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::
     let mut completes: Vec<Lease> = Vec::new();
     let mut failures: Vec<Failure> = Vec::new();
     let mut interrupts: Vec<Lease> = Vec::new();
+    let mut snoozes: Vec<(Lease, Duration)> = Vec::new();
     let kind_of = |id: i64| {
         batch
             .iter()
@@ -120,6 +121,7 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::
         match &o.result {
             Ok(()) => completes.push(o.lease),
             Err(JobError::Interrupted(_)) => interrupts.push(o.lease),
+            Err(JobError::Snooze(after)) => snoozes.push((o.lease, *after)),
             Err(e) => {
                 let kind = shared.registry.get(&o.kind);
                 let (message, retry_after, permanent) = match e {
@@ -128,7 +130,9 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::
                         retry_after,
                     } => (message.clone(), *retry_after, false),
                     JobError::Permanent(m) => (m.clone(), None, true),
-                    JobError::Interrupted(_) => unreachable!("handled above"),
+                    JobError::Interrupted(_) | JobError::Snooze(_) => {
+                        unreachable!("handled above")
+                    }
                 };
                 let out_of_attempts = kind
                     .and_then(|k| k.max_attempts)
@@ -151,16 +155,20 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::
     // transaction.
     let statements = completes.len().div_ceil(DONE_IDS_PER_STATEMENT)
         + failures.len().div_ceil(DONE_IDS_PER_STATEMENT)
-        + usize::from(!interrupts.is_empty());
+        + usize::from(!interrupts.is_empty())
+        + snoozes.len().div_ceil(DONE_IDS_PER_STATEMENT);
     let reason = format!("interrupted: worker {} was shutting down", shared.identity);
-    let (done_completes, failed, done_interrupts) = if statements > 1 {
+    let ((done_completes, failed, done_interrupts), done_snoozes) = if statements > 1 {
         let mut tx = shared.client.pool().begin().await?;
         let out = write_statements(&mut tx, &completes, &failures, &interrupts, &reason).await?;
+        let snoozed = snooze(&mut tx, &snoozes).await?;
         tx.commit().await?;
-        out
+        (out, snoozed)
     } else {
         let mut conn = shared.client.pool().acquire().await?;
-        write_statements(&mut conn, &completes, &failures, &interrupts, &reason).await?
+        let out = write_statements(&mut conn, &completes, &failures, &interrupts, &reason).await?;
+        let snoozed = snooze(&mut conn, &snoozes).await?;
+        (out, snoozed)
     };
     if !completes.is_empty() {
         let done = done_completes;
@@ -202,7 +210,29 @@ async fn write(shared: &Shared, batch: &[Outcome]) -> Result<(), sluice_common::
         Totals::add(&shared.totals.interrupted, done.len());
         note_lost(shared, &interrupts, &done, &kind_of);
     }
+    if !snoozes.is_empty() {
+        for id in &done_snoozes {
+            shared
+                .metrics
+                .snoozed
+                .with_label_values(&[kind_of(*id)])
+                .inc();
+        }
+        let leases: Vec<Lease> = snoozes.iter().map(|(l, _)| *l).collect();
+        note_lost(shared, &leases, &done_snoozes, &kind_of);
+    }
     Ok(())
+}
+
+/// The snooze statement of one batch (none when nothing snoozed).
+async fn snooze(
+    conn: &mut PgConnection,
+    snoozes: &[(Lease, Duration)],
+) -> Result<Vec<i64>, sluice_common::Error> {
+    if snoozes.is_empty() {
+        return Ok(Vec::new());
+    }
+    storage::snooze_jobs(conn, snoozes).await
 }
 
 /// The complete, fail and interrupt statements of one batch, on one connection.

@@ -3,7 +3,9 @@
 //! The receiver gets `Idempotency-Key: <job id>` (stable across retries, so it can drop a
 //! duplicate delivery after a crash) and the job's `traceparent`. 2xx completes the job;
 //! 4xx other than 408/429 fails it for good (retrying a bad request cannot help); 5xx,
-//! 408, 429, timeouts and connection errors retry, after `Retry-After` when given.
+//! 408, 429, timeouts and connection errors retry, after `Retry-After` when given. A 2xx
+//! with `Sluice-Snooze: 30s` snoozes the job: it runs again after that long, and the
+//! attempt does not count.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -68,6 +70,25 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs(s.min(24 * 3600)))
 }
 
+/// Longest snooze a target may ask for.
+const MAX_SNOOZE: Duration = Duration::from_secs(366 * 86400);
+
+/// `Sluice-Snooze` on a 2xx: run the job again after this long, without using an attempt
+/// (`30s`, `5m`, `1h30m`, the durations of the configuration; a bare number is seconds).
+/// A value that cannot be read is an error, not a silent completion.
+fn snooze(headers: &HeaderMap) -> Option<Result<Duration, String>> {
+    let value = headers.get("sluice-snooze")?;
+    let text = match value.to_str() {
+        Ok(t) => t.trim(),
+        Err(_) => return Some(Err("not text".into())),
+    };
+    let parsed = match text.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => sluice_common::config::parse_duration(text),
+    };
+    Some(parsed.map(|d| d.min(MAX_SNOOZE)))
+}
+
 impl Handler for HttpTarget {
     fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
         let this = self.clone();
@@ -98,7 +119,16 @@ impl Handler for HttpTarget {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
-                        return Ok(());
+                        return match snooze(resp.headers()) {
+                            Some(Ok(after)) => Err(JobError::Snooze(after)),
+                            // The target wants another run but said it unreadably: retry
+                            // (using an attempt) and say why, rather than completing.
+                            Some(Err(e)) => Err(JobError::retryable(format!(
+                                "POST {} answered {status} with an unreadable Sluice-Snooze header: {e}",
+                                this.url
+                            ))),
+                            None => Ok(()),
+                        };
                     }
                     let after = retry_after(resp.headers());
                     let body: String = resp

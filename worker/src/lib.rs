@@ -19,6 +19,8 @@
 //! - [`test_kinds`]: `sluice.hold` and `sluice.record`, only with `SLUICE_WORKER_TEST_KINDS=on`.
 //! - [`maintenance`]: heartbeat (renews long jobs' leases), rescuer (expired leases of any
 //!   worker). [`stats`]: queue depth for `/metrics`, from the cheap counters.
+//! - [`periodic`]: `[periodic.*]` tables and the service enqueuing their ticks, exactly
+//!   one job per tick however many workers run it.
 //! - [`cleaner`]: retention, deleting finished jobs past their window, one worker at a time.
 //! - [`health`]: `/health/live`, `/health/ready`, `/metrics`. [`metrics`]: the metric set.
 //! - [`sd_notify`]: `READY=1` / `STOPPING=1` for systemd `Type=notify`.
@@ -34,6 +36,7 @@ pub mod http_target;
 pub mod listener;
 pub mod maintenance;
 pub mod metrics;
+pub mod periodic;
 pub mod producer;
 pub mod registry;
 pub mod sd_notify;

@@ -33,6 +33,14 @@ pub struct WorkerMetrics {
     /// Finished jobs this worker's cleaner deleted (retention), by kind and state: shows
     /// the cleaner runs, and at what rate the table sheds rows.
     pub deleted: IntCounterVec,
+    /// Periodic ticks this worker handed to the database, by periodic job and outcome:
+    /// `enqueued` (this worker created the tick's job) or `skipped` (another worker had).
+    pub periodic_ticks: IntCounterVec,
+    /// Runnable jobs the last lease round of a limited kind could not start because of
+    /// the limit, by kind and limit (`global_concurrency`, `rate_limit`).
+    pub held_back: IntGaugeVec,
+    /// Jobs that asked to run again later without using an attempt, by kind.
+    pub snoozed: IntCounterVec,
 }
 
 impl WorkerMetrics {
@@ -134,9 +142,38 @@ impl WorkerMetrics {
         registry
             .register(Box::new(deleted.clone()))
             .expect("registered once");
+        let periodic_ticks = IntCounterVec::new(
+            Opts::new(
+                "sluice_periodic_ticks_total",
+                "Periodic ticks handled by this worker, by periodic job and outcome (enqueued: this worker created the job; skipped: another worker already had).",
+            ),
+            &["periodic", "outcome"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(periodic_ticks.clone()))
+            .expect("registered once");
+        let held_back = IntGaugeVec::new(
+            Opts::new(
+                "sluice_jobs_held_back",
+                "Runnable jobs this worker's last lease round of a limited kind could not start because of the limit, by kind and limit.",
+            ),
+            &["kind", "limit"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(held_back.clone()))
+            .expect("registered once");
+        let snoozed = counter(
+            "sluice_jobs_snoozed_total",
+            "Jobs whose handler asked to run again later without using an attempt, by kind.",
+        );
         WorkerMetrics {
             registry,
             deleted,
+            periodic_ticks,
+            held_back,
+            snoozed,
             completed,
             failed,
             retried,

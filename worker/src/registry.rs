@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt, path::Path, sync::Arc, time::Duration};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_common::config::parse_duration;
+use sluice_common::config::{format_duration, parse_duration};
 use sluice_common::model::{validate_kind, Backoff};
 use sluice_common::retention::{overrides_from_handlers_file, RetentionOverride};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,10 @@ pub enum JobError {
     Permanent(String),
     /// Stopped because of the shutdown signal: back to `queued` without using the attempt.
     Interrupted(String),
+    /// Not an error: the handler asks to run again after this delay, without using the
+    /// attempt (a rate-limited downstream, a resource not ready yet). An HTTP target asks
+    /// with `Sluice-Snooze: 30s` on a 2xx.
+    Snooze(Duration),
 }
 
 impl JobError {
@@ -64,6 +68,7 @@ impl fmt::Display for JobError {
             JobError::Retryable { message, .. } => write!(f, "{message}"),
             JobError::Permanent(m) => write!(f, "permanent: {m}"),
             JobError::Interrupted(m) => write!(f, "interrupted: {m}"),
+            JobError::Snooze(d) => write!(f, "snoozed for {}", format_duration(*d)),
         }
     }
 }
@@ -132,6 +137,47 @@ pub struct Kind {
     pub timeout: Option<Duration>,
     /// Most jobs of this kind running at once in this process.
     pub concurrency: Option<u32>,
+    /// Most jobs of this kind `processing` at once across all workers (`global_concurrency`).
+    pub global_concurrency: Option<u32>,
+    /// Most starts of this kind in any window of the given length, across all workers
+    /// (`rate_limit = "100/s"`).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `rate_limit = "N/s"` (or `/m`, `/h`): at most `starts` leases in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub starts: u32,
+    pub window: Duration,
+}
+
+/// Most slots (concurrency or rate) one kind may have: each is a row locked by leases.
+pub const MAX_LIMIT: u32 = 10_000;
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let hint = "write e.g. \"100/s\", \"30/m\" or \"500/h\"";
+        let (n, unit) = text
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not a rate; {hint}"))?;
+        let starts: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?}: {n:?} is not a whole number; {hint}"))?;
+        if !(1..=MAX_LIMIT).contains(&starts) {
+            return Err(format!("{text:?}: the count must be 1..={MAX_LIMIT}"));
+        }
+        let window = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            other => return Err(format!("{text:?}: unknown unit {other:?}; {hint}")),
+        };
+        Ok(RateLimit { starts, window })
+    }
 }
 
 /// Every kind this worker knows, by name.
@@ -142,6 +188,9 @@ pub struct Registry {
     /// every kind of the file: [`Registry::restrict_to`] leaves them alone, because the
     /// cleaner deletes all kinds' rows, not only the ones this worker runs.
     retention: BTreeMap<String, RetentionOverride>,
+    /// The file's `[periodic.*]` tables. Kept by [`Registry::restrict_to`]: a worker may
+    /// enqueue jobs of kinds it does not run itself.
+    periodic: Vec<crate::periodic::Periodic>,
 }
 
 impl Registry {
@@ -183,6 +232,11 @@ impl Registry {
         &self.retention
     }
 
+    /// The handlers file's periodic jobs.
+    pub fn periodic(&self) -> &[crate::periodic::Periodic] {
+        &self.periodic
+    }
+
     /// Keeps only `names` (SLUICE_WORKER_KINDS); an unknown name is an error naming it.
     pub fn restrict_to(&mut self, names: &[String]) -> Result<(), String> {
         if names.is_empty() {
@@ -216,6 +270,7 @@ impl Registry {
         })?;
         self.retention = overrides_from_handlers_file(&text)
             .map_err(|e| format!("SLUICE_HANDLERS_FILE {name}: {e}"))?;
+        self.periodic = crate::periodic::parse_periodic(&name.to_string(), file.periodic)?;
         for (kind_name, s) in file.kinds {
             let bad =
                 |msg: String| format!("SLUICE_HANDLERS_FILE {name}: kinds.\"{kind_name}\": {msg}");
@@ -242,6 +297,26 @@ impl Registry {
             if s.concurrency == Some(0) {
                 return Err(bad("concurrency must be at least 1".into()));
             }
+            if let Some(n) = s.global_concurrency {
+                if !(1..=MAX_LIMIT).contains(&n) {
+                    return Err(bad(format!(
+                        "global_concurrency {n} is outside 1..={MAX_LIMIT}"
+                    )));
+                }
+            }
+            if s.global_concurrency.is_some() || s.rate_limit.is_some() {
+                return Err(bad(
+                    "global_concurrency and rate_limit are not enforced by this build yet".into(),
+                ));
+            }
+            let rate_limit = s
+                .rate_limit
+                .as_deref()
+                .map(|t| {
+                    t.parse::<RateLimit>()
+                        .map_err(|e| bad(format!("rate_limit: {e}")))
+                })
+                .transpose()?;
             let mut kind = match (&s.url, self.kinds.get(&kind_name)) {
                 (Some(url), _) => {
                     let target = HttpTarget::new(
@@ -264,6 +339,8 @@ impl Registry {
             kind.timeout = timeout.or(kind.timeout);
             kind.max_attempts = s.max_attempts.or(kind.max_attempts);
             kind.concurrency = s.concurrency.or(kind.concurrency);
+            kind.global_concurrency = s.global_concurrency.or(kind.global_concurrency);
+            kind.rate_limit = rate_limit.or(kind.rate_limit);
             if let Some(b) = backoff_base {
                 kind.backoff.base = b;
             }
@@ -286,6 +363,8 @@ impl Kind {
             backoff: Backoff::default(),
             timeout: None,
             concurrency: None,
+            global_concurrency: None,
+            rate_limit: None,
         }
     }
 }
@@ -295,6 +374,8 @@ impl Kind {
 struct HandlersFile {
     #[serde(default)]
     kinds: BTreeMap<String, KindSettings>,
+    #[serde(default)]
+    periodic: BTreeMap<String, crate::periodic::PeriodicSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +386,8 @@ struct KindSettings {
     lease_timeout: Option<String>,
     max_attempts: Option<i32>,
     concurrency: Option<u32>,
+    global_concurrency: Option<u32>,
+    rate_limit: Option<String>,
     backoff_base: Option<String>,
     backoff_max: Option<String>,
     #[serde(default)]

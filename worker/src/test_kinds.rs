@@ -12,7 +12,9 @@
 //!   that never checks it, so a test can see the worker abort it.
 //! - `sluice.record` — `{"ms": N}`: inserts `(job_id, attempt, pid)` into the table
 //!   `sluice_test_runs`, which the test creates, then sleeps `N` ms like `sluice.sleep`.
-//!   A test counts deliveries per job with it.
+//!   A test counts deliveries per job with it. With `"snooze_ms": M` as well, the job's
+//!   first run (no earlier row of it in the table) snoozes for `M` ms instead of sleeping,
+//!   so a test sees a snooze and the run after it.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -95,6 +97,17 @@ impl Handler for Record {
                 .execute(&pool)
                 .await
                 .map_err(|e| JobError::retryable(format!("recording the run: {e}")))?;
+            if let Some(ms) = ctx.payload.get("snooze_ms").and_then(Value::as_u64) {
+                let runs: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM sluice_test_runs WHERE job_id = $1")
+                        .bind(ctx.id)
+                        .fetch_one(&pool)
+                        .await
+                        .map_err(|e| JobError::retryable(format!("counting runs: {e}")))?;
+                if runs == 1 {
+                    return Err(JobError::Snooze(Duration::from_millis(ms)));
+                }
+            }
             Sleep.run(ctx).await
         })
     }

@@ -20,6 +20,10 @@
 //! - [`enqueue`]: `insert_job`, `insert_jobs` (batches), idempotency look-ups.
 //! - [`lease`]: the worker's hot path (lease, complete, fail, interrupt, heartbeat) and its
 //!   housekeeping (rescue, next wake-up, kind registration, deleting old jobs).
+//! - [`flow`]: snoozing a leased job, and the claim of kinds with a global concurrency or
+//!   rate limit (slot rows, see migration 6).
+//! - [`periodic`]: periodic jobs: one job per tick whichever workers enqueue it, and the
+//!   definitions the workers recorded (`GET /v1/periodic`).
 //! - [`admin`]: pause, resume, release, cancel, retry, each with its audit row.
 //! - [`read`]: jobs, kinds, the audit trail, the database clock.
 //! - [`ui`]: the operator web UI's overview counts and chart, bulk retry/cancel by
@@ -44,6 +48,7 @@
 //!              └─────────────┘                │  └─────────────────────────► failed
 //!                                             │ lease expired (rescue): queued (or paused), after the kind's backoff | failed
 //!                                             │ release (operator): queued (or paused)
+//!                                             │ snooze (handler): queued (or paused) at a later run_at, attempt given back
 //!  cancel: queued | paused | processing ──► cancelled   (from processing: `sluice_cancel` tells the worker)
 //!  retry:  failed | cancelled ──► queued (or paused), attempts reset
 //! ```
@@ -62,7 +67,9 @@
 mod admin;
 mod doctor;
 mod enqueue;
+mod flow;
 mod lease;
+mod periodic;
 mod read;
 mod retention;
 mod stats;
@@ -71,7 +78,9 @@ mod ui;
 pub use admin::*;
 pub use doctor::*;
 pub use enqueue::*;
+pub use flow::*;
 pub use lease::*;
+pub use periodic::*;
 pub use read::*;
 pub use retention::*;
 pub use stats::*;
