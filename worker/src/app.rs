@@ -93,9 +93,11 @@ impl Worker {
         } = self;
         let metrics = WorkerMetrics::new();
         let identity = sluice_common::shutdown::worker_identity();
-        // Room for every slot's outcome: executors only wait here when the completer
-        // cannot keep up (or the database is down).
-        let (tx, rx) = mpsc::channel(config.concurrency as usize);
+        // Room for every slot's outcome and, with a prefetch, for the buffer's worth more:
+        // while one completion statement is in flight, slots keep turning over through the
+        // buffer, and their outcomes wait here to form the next (bigger) batch. Executors
+        // only wait here when the completer cannot keep up (or the database is down).
+        let (tx, rx) = mpsc::channel((config.concurrency + config.prefetch) as usize);
         let shared = Arc::new(Shared {
             client: JobClient::new(pool.clone()),
             registry,
