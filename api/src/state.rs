@@ -21,9 +21,22 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{batcher::Batcher, config::Settings, waiters::Waiters};
 
-/// Shared by every request; cheap to clone.
+/// Shared by every request; cheap to clone: one reference count, however many parts it
+/// has (every middleware layer and extractor clones it, once per request each).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct Shared {
     /// The jobs table.
     pub client: JobClient,
     /// Limits and tokens.
@@ -58,7 +71,7 @@ impl AppState {
             settings.database_tls.clone(),
             background.clone(),
         );
-        AppState {
+        AppState(Arc::new(Shared {
             batcher: Batcher::start(pool),
             client,
             settings: Arc::new(settings),
@@ -68,7 +81,7 @@ impl AppState {
             in_flight: InFlight::default(),
             background,
             detached: TaskTracker::new(),
-        }
+        }))
     }
 }
 
