@@ -21,9 +21,22 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{batcher::Batcher, config::Settings, waiters::Waiters};
 
-/// Shared by every request; cheap to clone.
+/// Shared by every request; cheap to clone: one reference count, however many parts it
+/// has (every middleware layer and extractor clones it, once per request each).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct Shared {
     /// The jobs table.
     pub client: JobClient,
     /// Limits and tokens.
@@ -44,7 +57,7 @@ pub struct AppState {
     /// so a request whose client left still ends before the pool closes.
     pub detached: TaskTracker,
     /// Failed UI sign-ins per client address ([`crate::ui::throttle`]).
-    pub sign_in_throttle: Arc<crate::ui::throttle::SignInThrottle>,
+    pub sign_in_throttle: crate::ui::throttle::SignInThrottle,
 }
 
 impl AppState {
@@ -60,7 +73,7 @@ impl AppState {
             settings.database_tls.clone(),
             background.clone(),
         );
-        AppState {
+        AppState(Arc::new(Shared {
             batcher: Batcher::start(pool),
             client,
             settings: Arc::new(settings),
@@ -70,8 +83,8 @@ impl AppState {
             in_flight: InFlight::default(),
             background,
             detached: TaskTracker::new(),
-            sign_in_throttle: Arc::default(),
-        }
+            sign_in_throttle: Default::default(),
+        }))
     }
 }
 

@@ -141,6 +141,9 @@ pub fn connect_options(args: &DbArgs) -> Result<(PgConnectOptions, TlsSettings),
     Ok((options, tls))
 }
 
+/// A pooled connection idle at least this long is pinged before it is handed out.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Builds the pool without connecting: a process can start (and report not-ready) while
 /// Postgres is still coming up, instead of crash-looping.
 ///
@@ -165,7 +168,19 @@ pub fn connect_lazy(args: &DbArgs, application_name: &str, default_max: u32) -> 
         // does not leave the pool holding stale sockets for long.
         .max_lifetime(Duration::from_secs(30 * 60))
         .idle_timeout(Duration::from_secs(5 * 60))
-        .test_before_acquire(true)
+        // A connection that sat idle may have died with a failover: test it before use.
+        // One in steady use is not pinged on every acquire (that was a round trip per
+        // statement batch); sqlx pings each connection as it returns to the pool anyway,
+        // so one broken mid-use never goes back in.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options);
     Ok(pool)
 }
