@@ -40,13 +40,14 @@ pub struct Config {
           default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
 
-    /// Jobs leased ahead of free slots and held in a local buffer (heartbeated, put back
-    /// at once on SIGTERM), so a busy worker leases in batches of up to
-    /// `concurrency + prefetch` instead of one slot's worth at a time. `0` (the default)
-    /// leases only for free slots. Capped at 1000 so one worker cannot hoard a queue that
-    /// other workers could be running.
+    /// Most jobs leased ahead of free slots and held in a local buffer (heartbeated, put
+    /// back at once on SIGTERM), so a busy worker leases in batches of up to
+    /// `concurrency + prefetch` instead of one slot's worth at a time. The buffer holds
+    /// only what the worker starts in 50 ms at its recent rate (slow jobs: none), so one
+    /// worker never hoards a queue other workers could be running. `0` leases only for
+    /// free slots. At most 1000.
     #[arg(long = "prefetch", env = "SLUICE_WORKER_PREFETCH", value_name = "SLUICE_WORKER_PREFETCH",
-          default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+          default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub prefetch: u32,
 
     /// Kinds this worker leases (comma list); unset: every registered kind.

@@ -42,10 +42,12 @@ pub struct ProducerConfig {
 /// Leases and starts jobs until `stop` fires. Returns once it has stopped leasing (and
 /// has put its prefetched, never started jobs back).
 ///
-/// With a prefetch, the producer keeps up to `prefetch` leased jobs in a local buffer
-/// and starts them as slots free, without a round trip. It leases again when the buffer
-/// is down to half, for the free slots plus the buffer's room, so a busy worker leases in
-/// batches of about `prefetch / 2` or more. An idle worker is unaffected: a notification
+/// With a prefetch, the producer keeps leased jobs in a local buffer and starts them as
+/// slots free, without a round trip. The buffer holds what the worker starts in
+/// [`PREFETCH_HORIZON`] at its recent rate, at most `prefetch` (so slow jobs are never
+/// buffered, and no worker sits on more than a moment's work); it leases again when the
+/// buffer is down to half, for the free slots plus the buffer's room, so a busy worker of
+/// quick jobs leases them by the hundred. An idle worker is unaffected: a notification
 /// leases what is there, one job included, and starts it at once. Buffered jobs are in
 /// the running set from their lease on, so the heartbeat renews them, a cancellation
 /// reaches them, and kind concurrency limits count them.
@@ -73,11 +75,12 @@ async fn produce(
     let mut refresh_schedule = true;
     // The last lease came back full (or there was no room to lease): more may be waiting.
     let mut more = false;
+    let mut rate = StartRate::new(std::time::Instant::now());
     loop {
         if stop.is_cancelled() {
             return;
         }
-        start_buffered(shared, tracker, buffer);
+        start_buffered(shared, tracker, buffer, &mut rate);
         let mut came_back_full = false;
         if refresh_schedule {
             // Before the lease, never after it: a row that comes due between this query
@@ -91,7 +94,7 @@ async fn produce(
             look = true;
         }
         if look {
-            let want = wanted(shared, config.prefetch, buffer.len());
+            let want = wanted(shared, rate.buffer_size(config.prefetch), buffer.len());
             if want > 0 {
                 match lease_round(shared, want).await {
                     Ok((jobs, full)) => {
@@ -102,7 +105,7 @@ async fn produce(
                             hold(shared, &job);
                             buffer.push_back(job);
                         }
-                        start_buffered(shared, tracker, buffer);
+                        start_buffered(shared, tracker, buffer, &mut rate);
                     }
                     Err(err) => {
                         shared.leasing.store(false, Ordering::SeqCst);
@@ -123,7 +126,7 @@ async fn produce(
             more = came_back_full;
         }
         look = false;
-        if came_back_full && wanted(shared, config.prefetch, buffer.len()) > 0 {
+        if came_back_full && wanted(shared, rate.buffer_size(config.prefetch), buffer.len()) > 0 {
             look = true;
             continue;
         }
@@ -193,15 +196,87 @@ fn hold(shared: &Shared, job: &LeasedJob) {
 }
 
 /// Starts buffered jobs, oldest lease first, while slots are free.
-fn start_buffered(shared: &Arc<Shared>, tracker: &TaskTracker, buffer: &mut VecDeque<LeasedJob>) {
+fn start_buffered(
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    buffer: &mut VecDeque<LeasedJob>,
+    rate: &mut StartRate,
+) {
+    let mut started = 0;
     while !buffer.is_empty() {
         // Only the producer takes permits, so a free one stays free until used here.
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-            return;
+            break;
         };
         if let Some(job) = buffer.pop_front() {
             spawn_job(shared, tracker, job, permit);
+            started += 1;
         }
+    }
+    rate.note(started, std::time::Instant::now());
+}
+
+/// How far ahead the buffer looks: it holds at most what this worker starts in this
+/// long, at the rate it has been starting jobs. Short enough that a buffered job waits
+/// for a slot about as long as a lease round trip or two, and a worker never sits on work
+/// another could be running; long enough that a worker starting thousands of jobs a
+/// second leases them by the hundred.
+pub const PREFETCH_HORIZON: Duration = Duration::from_millis(50);
+
+/// Jobs started per second, smoothed: what sizes the buffer. A worker of slow jobs (a
+/// few a second) therefore buffers nothing, whatever `SLUICE_WORKER_PREFETCH` allows,
+/// and one of quick jobs buffers up to it. It follows a rising rate within a few tenths
+/// of a second (a backlog of quick jobs gets its buffer while it is still there) and a
+/// falling one over about a second; a single burst, such as the slots filling at start,
+/// moves it only a little.
+#[derive(Debug)]
+struct StartRate {
+    /// The smoothed rate, jobs/s.
+    per_sec: f64,
+    /// Starts not yet folded into `per_sec`.
+    pending: u64,
+    /// When `per_sec` was last updated.
+    since: std::time::Instant,
+}
+
+impl StartRate {
+    /// How often starts are folded in (more often would make the rate jumpy).
+    const FOLD_EVERY: Duration = Duration::from_millis(100);
+    /// The smoothing time constant while the rate rises.
+    const RISING: Duration = Duration::from_millis(200);
+    /// The smoothing time constant while it falls.
+    const FALLING: Duration = Duration::from_secs(1);
+
+    fn new(now: std::time::Instant) -> StartRate {
+        StartRate {
+            per_sec: 0.0,
+            pending: 0,
+            since: now,
+        }
+    }
+
+    /// Counts `started` jobs at `now`.
+    fn note(&mut self, started: u64, now: std::time::Instant) {
+        self.pending += started;
+        let dt = now.saturating_duration_since(self.since);
+        if dt < Self::FOLD_EVERY {
+            return;
+        }
+        let seen = self.pending as f64 / dt.as_secs_f64();
+        let tau = if seen > self.per_sec {
+            Self::RISING
+        } else {
+            Self::FALLING
+        };
+        let weight = 1.0 - (-dt.as_secs_f64() / tau.as_secs_f64()).exp();
+        self.per_sec += weight * (seen - self.per_sec);
+        self.pending = 0;
+        self.since = now;
+    }
+
+    /// The buffer's size now: the jobs started within [`PREFETCH_HORIZON`], at most `cap`.
+    fn buffer_size(&self, cap: usize) -> usize {
+        ((self.per_sec * PREFETCH_HORIZON.as_secs_f64()) as usize).min(cap)
     }
 }
 
@@ -322,5 +397,41 @@ async fn find_next_scheduled(shared: &Shared) -> Option<Instant> {
             tracing::warn!(error = %err, "could not read the next scheduled time");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_of_slow_jobs_buffers_nothing_and_one_of_quick_jobs_up_to_the_cap() {
+        let t0 = std::time::Instant::now();
+        let mut slow = StartRate::new(t0);
+        // Two starts a second for ten seconds.
+        for i in 1..=20 {
+            slow.note(1, t0 + Duration::from_millis(500 * i));
+        }
+        assert_eq!(slow.buffer_size(256), 0);
+
+        let mut quick = StartRate::new(t0);
+        // 5,000 starts a second for one second.
+        for i in 1..=10 {
+            quick.note(500, t0 + Duration::from_millis(100 * i));
+        }
+        // 5000/s × 50 ms = 250, approached within 1 - e^-5 after five time constants.
+        let size = quick.buffer_size(1000);
+        assert!((240..=250).contains(&size), "{size}");
+        assert_eq!(quick.buffer_size(64), 64);
+        assert_eq!(quick.buffer_size(0), 0);
+
+        // A burst of 16 (slots filling) in an otherwise idle worker: a job or two.
+        let mut burst = StartRate::new(t0);
+        burst.note(16, t0 + Duration::from_millis(100));
+        assert!(burst.buffer_size(256) <= 4, "{}", burst.buffer_size(256));
+
+        // Idle for a while: the rate, and the buffer, fall back to nothing.
+        quick.note(0, t0 + Duration::from_secs(10));
+        assert_eq!(quick.buffer_size(1000), 0);
     }
 }
