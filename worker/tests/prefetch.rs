@@ -10,7 +10,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
 };
-use support::{insert, state, url_of, wait_until, HeldLock, Worker};
+use support::{url_of, wait_until, HeldLock, Worker};
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 
