@@ -47,6 +47,29 @@ async fn cheap(pool: &PgPool) -> BTreeMap<(String, String), i64> {
 
 async fn assert_counts_agree(pool: &PgPool, step: &str) {
     assert_eq!(cheap(pool).await, counted(pool).await, "after {step}");
+    // The worker's one-statement refresh: the same counts, whether or not it folds, the
+    // oldest runnable job per kind, and no delta left behind by its fold.
+    let stats = storage::refresh_job_stats(pool).await.unwrap();
+    let refreshed: BTreeMap<(String, String), i64> = stats
+        .counts
+        .into_iter()
+        .map(|c| ((c.kind, c.state.as_str().to_string()), c.count))
+        .collect();
+    assert_eq!(refreshed, counted(pool).await, "refresh after {step}");
+    let oldest: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT kind, min(run_at) FROM jobs WHERE state = 'queued' AND run_at <= now()
+          GROUP BY kind ORDER BY kind",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(stats.oldest_runnable, oldest, "oldest after {step}");
+    let deltas: i64 = sqlx::query_scalar("SELECT count(*) FROM job_count_deltas")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(deltas, 0, "the refresh folded after {step}");
+    assert_eq!(cheap(pool).await, counted(pool).await, "after {step}, refreshed");
     // And after folding the deltas into the counters.
     storage::fold_job_counts(pool).await.unwrap();
     assert_eq!(
