@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Worker benchmark: burn-down throughput, pickup latency, idle cost, RSS (see
-# worker/examples/worker_bench.rs), in a database of its own.
+# Worker benchmark (worker/examples/worker_bench.rs; its header says what each figure is):
+# never-analyzed drains at concurrency 16 (three repeats), 4, 64, 256; a backlog drain's
+# lease time at start vs end; per-job statements, WAL and Postgres CPU; exact open-loop
+# enqueue->handler start latency; idle statements/s and RSS. Fresh databases of its own,
+# dropped after. Sizes: BENCH_DRAIN_JOBS (50000), BENCH_BACKLOG_JOBS (100000),
+# BENCH_LATENCY_RATE (100), BENCH_LATENCY_SECS (20), BENCH_IDLE_SECS (60).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-db="sluice_bench_worker"
-admin_url="${DATABASE_URL%/*}/postgres"
-psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db" -qc "CREATE DATABASE $db" >/dev/null 2>&1
+: "${DATABASE_URL:?DATABASE_URL must be set}"
 cargo build -q --release -p sluice-worker --bin sluice-worker --example worker_bench
 target_dir="${CARGO_TARGET_DIR:-target}"
-DATABASE_URL="${DATABASE_URL%/*}/$db" SLUICE_WORKER_BIN="$target_dir/release/sluice-worker" \
-  "$target_dir/release/examples/worker_bench"
-psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
+SLUICE_WORKER_BIN="$target_dir/release/sluice-worker" "$target_dir/release/examples/worker_bench"

@@ -16,7 +16,7 @@
 //!   job's signal.
 //! - [`supervisor`]: runs the services; one that panics or ends early fails the worker
 //!   (readiness 503, drain, non-zero exit).
-//! - [`test_kinds`]: `sluice.hold` and `sluice.record`, only with `SLUICE_WORKER_TEST_KINDS=on`.
+//! - [`test_kinds`]: `sluice.hold`, `sluice.record` and `sluice.bench`, only with `SLUICE_WORKER_TEST_KINDS=on`.
 //! - [`maintenance`]: heartbeat (renews long jobs' leases), rescuer (expired leases of any
 //!   worker). [`stats`]: queue depth for `/metrics`, from the cheap counters.
 //! - [`periodic`]: `[periodic.*]` tables and the service enqueuing their ticks, exactly

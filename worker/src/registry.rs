@@ -202,9 +202,11 @@ impl Registry {
         r
     }
 
-    /// Adds the test-only kinds `sluice.hold` and `sluice.record` (`SLUICE_WORKER_TEST_KINDS=on`).
+    /// Adds the test-only kinds `sluice.hold`, `sluice.record` and `sluice.bench`
+    /// (`SLUICE_WORKER_TEST_KINDS=on`).
     pub fn add_test_kinds(&mut self, pool: &sqlx::PgPool) {
-        use crate::test_kinds::{Hold, Record};
+        use crate::test_kinds::{Bench, Hold, Record};
+        self.insert(Kind::new("sluice.bench", Arc::new(Bench::from_env())));
         self.insert(Kind::new(
             "sluice.hold",
             Arc::new(Hold { pool: pool.clone() }),

@@ -15,6 +15,11 @@
 //!   A test counts deliveries per job with it. With `"snooze_ms": M` as well, the job's
 //!   first run (no earlier row of it in the table) snoozes for `M` ms instead of sleeping,
 //!   so a test sees a snooze and the run after it.
+//! - `sluice.bench` — `{"t": NS}` (the client's CLOCK_REALTIME in ns, stamped just before
+//!   its enqueue call): as its first instruction reads CLOCK_REALTIME, then appends the
+//!   line `job_id client_ns start_ns` to the file named by `SLUICE_BENCH_START_FILE`
+//!   (nothing without it) and returns. `make bench` measures exact enqueue→handler start
+//!   with it; the append happens after the stamp, so its cost is not in the figure.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -75,6 +80,49 @@ impl Handler for Hold {
                     _ = tokio::time::sleep(HOLD_STEP) => {}
                 }
             }
+        })
+    }
+}
+
+/// `sluice.bench`.
+#[derive(Debug)]
+pub struct Bench {
+    /// `SLUICE_BENCH_START_FILE`, opened for appending once at start-up (one `write` per
+    /// job, a line far below PIPE_BUF, so lines never interleave); `None` records nothing.
+    pub sink: Option<std::sync::Arc<std::fs::File>>,
+}
+
+impl Bench {
+    /// Opens `SLUICE_BENCH_START_FILE` if set; a file that cannot be opened is logged and
+    /// recorded into nowhere (a test kind must not stop the worker from starting).
+    pub fn from_env() -> Self {
+        let sink = std::env::var_os("SLUICE_BENCH_START_FILE").and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| tracing::warn!("SLUICE_BENCH_START_FILE {path:?}: {e}"))
+                .ok()
+                .map(std::sync::Arc::new)
+        });
+        Bench { sink }
+    }
+}
+
+impl Handler for Bench {
+    fn run(&self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+        let sink = self.sink.clone();
+        Box::pin(async move {
+            // First instruction: the stamp. Everything else comes after it.
+            let start = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            if let Some(file) = sink {
+                use std::io::Write;
+                let client = ctx.payload.get("t").and_then(Value::as_i64).unwrap_or(0);
+                let _ = (&*file).write_all(format!("{} {client} {start}\n", ctx.id).as_bytes());
+            }
+            Ok(())
         })
     }
 }
