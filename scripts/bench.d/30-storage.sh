@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Storage benchmark (worker/examples/storage_bench.rs), in a database of its own: drain
+# Storage benchmark (worker/examples/storage_bench.rs, part `drain`; the stress run is
+# 35-stress.sh), in a database of its own: drain
 # with and without 2 M finished rows, GET /v1/stats with them, and a sustained-load
 # stress run (clean, then with a session idle in transaction in the middle). Sizes and
 # durations come from BENCH_* variables (see the example's header); run it tiny with e.g.
@@ -15,6 +16,6 @@ trap cleanup EXIT
 cargo build -q --release -p sluice-worker --bin sluice-worker --example storage_bench
 cargo build -q --release -p sluice-api --bin sluice-api
 target_dir="${CARGO_TARGET_DIR:-target}"
-DATABASE_URL="${DATABASE_URL%/*}/$db" SLUICE_WORKER_BIN="$target_dir/release/sluice-worker" \
+DATABASE_URL="${DATABASE_URL%/*}/$db" BENCH_STORAGE_PART=drain SLUICE_WORKER_BIN="$target_dir/release/sluice-worker" \
   SLUICE_API_BIN="$target_dir/release/sluice-api" \
   "$target_dir/release/examples/storage_bench"

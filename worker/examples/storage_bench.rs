@@ -17,6 +17,16 @@
 //!    `finished_at` (the completion statement's start) when each window closes, so a
 //!    window whose completions commit late (slow WAL fsync) shows fewer than ran.
 //!
+//! `BENCH_STORAGE_PART` picks a part: `drain` (1 and 2: scripts/bench.d/30-storage.sh),
+//! `stress` (3 only, after one empty-table drain to measure the capacity it offers half
+//! of: scripts/bench.d/35-stress.sh), or `all` (the default). The stress part also gives
+//! issue 11's verdicts: completed jobs/s in every window while the session is held within
+//! 10 % of the clean run's mean; every window that starts 30 s or more after the session
+//! ends back at the clean figures (done/s within 10 %, p99 ≤ 1.2× the clean run's worst);
+//! the clean run's table size flat (≤ 1.2× growth) once the retention window plus two
+//! windows have passed. Its enqueue→start latency is `leased_at − created_at` (database
+//! stamps; the exact client→handler figure is in 10-worker.sh).
+//!
 //! Run it tiny to check it works, e.g. `BENCH_DRAIN_JOBS=2000 BENCH_FINISHED=50000
 //! BENCH_STRESS_SECS=30 BENCH_IDLE_TX_SECS=10 BENCH_WINDOW_SECS=5`.
 
@@ -346,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
     let stress_retention =
         std::env::var("BENCH_STRESS_RETENTION").unwrap_or_else(|_| "1m".to_string());
     let compare = std::env::var("BENCH_COMPARE_NO_COUNTERS").is_ok_and(|v| v == "1");
+    let part = std::env::var("BENCH_STORAGE_PART").unwrap_or_else(|_| "all".to_string());
 
     let pool = PgPoolOptions::new()
         .max_connections(4)
@@ -359,6 +370,19 @@ async fn main() -> anyhow::Result<()> {
     // 1. Drain, empty table vs many finished rows.
     let worker = start_worker(&url, &[]).await?;
     let empty_rate = drain(&pool, jobs).await?;
+    if part == "stress" {
+        drop(worker);
+        return stress_part(
+            &pool,
+            &url,
+            empty_rate,
+            stress_secs,
+            idle_secs,
+            window,
+            &stress_retention,
+        )
+        .await;
+    }
     let no_counters_rate = if compare {
         sqlx::query("TRUNCATE jobs").execute(&pool).await?;
         for t in [
@@ -444,25 +468,6 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| last["by_state"][s].as_i64().unwrap_or(0))
         .sum();
 
-    // 3. Stress at half the measured capacity, clean and then with an idle transaction.
-    let rate = (empty_rate / 2.0).max(1.0);
-    let stress_env = [
-        ("SLUICE_RETENTION_COMPLETED", stress_retention.as_str()),
-        ("SLUICE_RETENTION_INTERVAL", "5s"),
-    ];
-    let _ = sqlx::query("CHECKPOINT").execute(&pool).await;
-    let clean = stress(&pool, &url, &stress_env, rate, stress_secs, 0, window).await?;
-    let held = stress(
-        &pool,
-        &url,
-        &stress_env,
-        rate,
-        stress_secs,
-        idle_secs,
-        window,
-    )
-    .await?;
-
     println!();
     line(
         "no-op drain, empty table",
@@ -522,7 +527,53 @@ async fn main() -> anyhow::Result<()> {
         &format!("= {}", finished + jobs),
         Some(reported == finished + jobs),
     );
-    println!();
+    if part == "all" {
+        println!();
+        stress_part(
+            &pool,
+            &url,
+            empty_rate,
+            stress_secs,
+            idle_secs,
+            window,
+            &stress_retention,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// `1m`, `90s`, `2h` → seconds (the retention forms the stress run uses).
+fn duration_secs(s: &str) -> f64 {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: f64 = n.parse().unwrap_or(0.0);
+    n * match unit {
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => 1.0,
+    }
+}
+
+/// Part 3: the stress runs at half of `capacity` and issue 11's verdicts on them.
+async fn stress_part(
+    pool: &PgPool,
+    url: &str,
+    capacity: f64,
+    stress_secs: u64,
+    idle_secs: u64,
+    window: u64,
+    retention: &str,
+) -> anyhow::Result<()> {
+    let rate = (capacity / 2.0).max(1.0);
+    let stress_env = [
+        ("SLUICE_RETENTION_COMPLETED", retention),
+        ("SLUICE_RETENTION_INTERVAL", "5s"),
+    ];
+    let _ = sqlx::query("CHECKPOINT").execute(pool).await;
+    let clean = stress(pool, url, &stress_env, rate, stress_secs, 0, window).await?;
+    let held = stress(pool, url, &stress_env, rate, stress_secs, idle_secs, window).await?;
+    println!("stress: drain capacity {capacity:.0} jobs/s measured on an empty table, retention {retention}");
     print_windows("stress, clean", rate, &clean);
     println!();
     print_windows(
@@ -530,5 +581,79 @@ async fn main() -> anyhow::Result<()> {
         rate,
         &held,
     );
+    println!();
+
+    let w = window as f64;
+    let judged = if clean.len() > 1 {
+        &clean[1..]
+    } else {
+        &clean[..]
+    };
+    let clean_rate =
+        judged.iter().map(|x| x.completed_per_s).sum::<f64>() / judged.len().max(1) as f64;
+    let clean_p99 = judged.iter().map(|x| x.p99_ms).fold(0.0, f64::max);
+    let held_min = held
+        .iter()
+        .filter(|x| x.idle_tx)
+        .map(|x| x.completed_per_s)
+        .fold(f64::INFINITY, f64::min);
+    line(
+        "held: worst window done/s / clean mean",
+        format!("{:.2}", held_min / clean_rate),
+        ">= 0.9",
+        held_min.is_finite().then_some(held_min >= 0.9 * clean_rate),
+    );
+    let idle_to = (stress_secs.saturating_sub(idle_secs) / 2 + idle_secs) as f64;
+    let after: Vec<&Window> = held
+        .iter()
+        .filter(|x| x.end_s - w >= idle_to + 30.0)
+        .collect();
+    if after.is_empty() {
+        line(
+            "held: back to clean 30 s after the session",
+            "no window".into(),
+            "",
+            None,
+        );
+    } else {
+        let r = after
+            .iter()
+            .map(|x| x.completed_per_s)
+            .fold(f64::INFINITY, f64::min);
+        let p = after.iter().map(|x| x.p99_ms).fold(0.0, f64::max);
+        line(
+            "held: 30 s after the session, worst done/s",
+            format!("{:.2}x clean", r / clean_rate),
+            ">= 0.9x",
+            Some(r >= 0.9 * clean_rate),
+        );
+        line(
+            "held: 30 s after the session, worst p99",
+            format!("{p:.2} ms"),
+            &format!("<= {:.2} ms", clean_p99 * 1.2),
+            Some(p <= clean_p99 * 1.2),
+        );
+    }
+    let steady: Vec<&Window> = clean
+        .iter()
+        .filter(|x| x.end_s - w >= duration_secs(retention) + 2.0 * w)
+        .collect();
+    if steady.len() < 2 {
+        line(
+            "clean: table size flat after retention",
+            "too short".into(),
+            "",
+            None,
+        );
+    } else {
+        let first = steady[0].size_mib;
+        let max = steady.iter().map(|x| x.size_mib).fold(0.0, f64::max);
+        line(
+            "clean: table size growth after retention",
+            format!("{first:.1} -> {max:.1} MiB"),
+            "<= 1.2x",
+            Some(max <= first * 1.2),
+        );
+    }
     Ok(())
 }
