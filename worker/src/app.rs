@@ -150,6 +150,28 @@ impl Worker {
         if let Err(err) = storage::register_kinds(&pool, &kinds).await {
             tracing::warn!(error = %err, "could not register kinds; continuing");
         }
+        // The limits must be in place before this worker leases: a limited kind is only
+        // leased by the statement that enforces them, and that statement reads them (and
+        // the slot rows) from the database.
+        let limits = shared.registry.limits();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let registered = match pool.acquire().await {
+                Ok(mut conn) => storage::register_kind_limits(&mut conn, &limits).await,
+                Err(e) => Err(e.into()),
+            };
+            match registered {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not record the kinds' limits; retrying");
+                    tokio::select! {
+                        _ = signals.soft.cancelled() => { health_stop.cancel(); return ExitCode::SUCCESS; }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
         let mut wakeups = Wakeups::new(
             pool.clone(),
             &[storage::JOBS_CHANNEL, storage::CANCEL_CHANNEL],

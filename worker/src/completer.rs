@@ -87,6 +87,16 @@ pub async fn run(
         }
         let leases: Vec<Lease> = batch.iter().map(|o| o.lease).collect();
         shared.forget(&leases);
+        // A job of a globally limited kind frees its slot only now that its outcome has
+        // committed: tell the producer, which may have been held back by that slot.
+        if batch.iter().any(|o| {
+            shared
+                .registry
+                .get(&o.kind)
+                .is_some_and(|k| k.global_concurrency.is_some())
+        }) {
+            shared.note_wake(true, false);
+        }
         batch.clear();
     }
 }

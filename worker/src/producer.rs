@@ -97,7 +97,12 @@ async fn produce(
             let want = wanted(shared, rate.buffer_size(config.prefetch), buffer.len());
             if want > 0 {
                 match lease_round(shared, want).await {
-                    Ok((jobs, full)) => {
+                    Ok((jobs, full, limit_frees_in)) => {
+                        // A rate limit held jobs back: look again when its next slot frees.
+                        if let Some(wait) = limit_frees_in {
+                            let at = Instant::now() + wait + Duration::from_millis(5);
+                            next_scheduled = Some(next_scheduled.map_or(at, |t| t.min(at)));
+                        }
                         error_backoff = Duration::from_millis(100);
                         shared.leasing.store(true, Ordering::SeqCst);
                         came_back_full = full;
@@ -326,15 +331,18 @@ fn jittered(d: Duration) -> Duration {
 }
 
 /// One lease statement for the kinds without a concurrency limit, plus one per limited
-/// kind that has room. Returns the jobs and whether any statement came back full (so
-/// more may be waiting).
+/// kind that has room (a per-process `concurrency`, or a `global_concurrency` /
+/// `rate_limit` across workers, which [`storage::lease_limited_jobs`] enforces). Returns
+/// the jobs, whether any statement came back full (so more may be waiting), and, when a
+/// rate limit held jobs back, how long until it frees a slot.
 async fn lease_round(
     shared: &Shared,
     free: usize,
-) -> Result<(Vec<LeasedJob>, bool), sluice_common::Error> {
+) -> Result<(Vec<LeasedJob>, bool, Option<Duration>), sluice_common::Error> {
     let running = shared.running_by_kind();
     let mut unlimited = Vec::new();
     let mut limited = Vec::new();
+    let mut global = Vec::new();
     for name in shared.registry.names() {
         let Some(kind) = shared.registry.get(name) else {
             continue;
@@ -343,6 +351,15 @@ async fn lease_round(
             kind: name.to_string(),
             lease_timeout: kind.lease_timeout,
         };
+        let room = kind
+            .concurrency
+            .map(|limit| limit.saturating_sub(running.get(name).copied().unwrap_or(0)) as usize);
+        if kind.global_concurrency.is_some() || kind.rate_limit.is_some() {
+            if room != Some(0) {
+                global.push((lease, room.unwrap_or(usize::MAX)));
+            }
+            continue;
+        }
         match kind.concurrency {
             None => unlimited.push(lease),
             Some(limit) => {
@@ -382,7 +399,39 @@ async fn lease_round(
         left -= got.len();
         jobs.extend(got);
     }
-    Ok((jobs, full))
+    let mut frees_in: Option<Duration> = None;
+    for (lease, room) in global {
+        if left == 0 {
+            full = true;
+            break;
+        }
+        let want = room.min(left);
+        let got = storage::lease_limited_jobs(shared.client.pool(), &shared.identity, &lease, want)
+            .await?;
+        shared.metrics.lease_batch.observe(got.jobs.len() as f64);
+        for limit in ["global_concurrency", "rate_limit"] {
+            let held = if got.held_by == Some(limit) {
+                got.held_back
+            } else {
+                0
+            };
+            shared
+                .metrics
+                .held_back
+                .with_label_values(&[&lease.kind, limit])
+                .set(i64::from(held));
+        }
+        // Full only when the limits let everything asked for through: jobs held back by a
+        // global limit wait for a slot (this worker's own jobs finishing, the rate
+        // timer, a notification, the poll), not for a tight re-lease loop.
+        full |= got.jobs.len() == want;
+        if let Some(d) = got.next_slot_in {
+            frees_in = Some(frees_in.map_or(d, |f| f.min(d)));
+        }
+        left -= got.jobs.len();
+        jobs.extend(got.jobs);
+    }
+    Ok((jobs, full, frees_in))
 }
 
 /// When the next scheduled (future) job of our kinds becomes runnable, as an Instant on

@@ -234,6 +234,18 @@ impl Registry {
         &self.retention
     }
 
+    /// Every kind's global limits (none for most), for `storage::register_kind_limits`.
+    pub fn limits(&self) -> Vec<sluice_common::storage::KindLimits> {
+        self.kinds
+            .values()
+            .map(|k| sluice_common::storage::KindLimits {
+                kind: k.name.clone(),
+                global_concurrency: k.global_concurrency,
+                rate_limit: k.rate_limit.map(|r| (r.starts, r.window)),
+            })
+            .collect()
+    }
+
     /// The handlers file's periodic jobs.
     pub fn periodic(&self) -> &[crate::periodic::Periodic] {
         &self.periodic
@@ -305,11 +317,6 @@ impl Registry {
                         "global_concurrency {n} is outside 1..={MAX_LIMIT}"
                     )));
                 }
-            }
-            if s.global_concurrency.is_some() || s.rate_limit.is_some() {
-                return Err(bad(
-                    "global_concurrency and rate_limit are not enforced by this build yet".into(),
-                ));
             }
             let rate_limit = s
                 .rate_limit

@@ -28,7 +28,8 @@ pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
                      LIMIT $4
                        FOR UPDATE OF j SKIP LOCKED
                     ) c
-              WHERE NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = k.kind AND p.paused)
+              WHERE NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = k.kind
+                                   AND (p.paused OR p.global_concurrency IS NOT NULL OR p.rate_limit IS NOT NULL))
                 AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
               ORDER BY c.priority DESC, c.run_at, c.id
               LIMIT $4
@@ -55,7 +56,10 @@ pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
 /// hand out a value again the way a rolled-back sequence could.
 ///
 /// Jobs of kinds paused through the API/CLI are skipped even if still `queued` (an enqueue
-/// that raced the pause). Higher priority first, then oldest `run_at`.
+/// that raced the pause). Higher priority first, then oldest `run_at`. So are kinds with a
+/// global concurrency or rate limit in `job_kinds` (read from the same row as `paused`, so
+/// unlimited kinds pay nothing): those are leased only by [`super::lease_limited_jobs`],
+/// and a worker whose handlers file does not know a kind's limit never breaks it.
 ///
 /// The best rows are found per kind (a `LATERAL` over the kinds) on the partial index
 /// `jobs_claim_idx (kind, priority DESC, run_at, id) WHERE (state = 'queued') IS TRUE`
