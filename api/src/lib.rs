@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(routes::jobs::router())
         .merge(routes::kinds::router())
+        .merge(routes::periodic::router())
         .merge(routes::stats::router())
         .merge(routes::health::router())
         .merge(routes::openapi::router())

@@ -946,3 +946,30 @@ async fn the_drain_answers_a_waiting_long_poll_at_once_and_closes_connections(po
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers[header::CONNECTION], "close");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn periodic_lists_what_the_workers_recorded_with_the_next_run(pool: PgPool) {
+    let app = app(pool.clone());
+    let r = call(&app, "GET", "/v1/periodic", Some(ENQ), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, json!({"periodic": []}));
+    sqlx::query(
+        "INSERT INTO periodic_jobs (name, schedule, timezone, kind, payload, next_run_at)
+         VALUES ('nightly-report', 'cron 0 3 * * *', 'Europe/Berlin', 'reports.nightly',
+                 '{\"scope\": \"all\"}', now() + interval '1 hour')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let r = call(&app, "GET", "/v1/periodic", Some(ENQ), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let p = &r.body["periodic"][0];
+    assert_eq!(p["name"], "nightly-report");
+    assert_eq!(p["schedule"], "cron 0 3 * * *");
+    assert_eq!(p["timezone"], "Europe/Berlin");
+    assert_eq!(p["payload"], json!({"scope": "all"}));
+    assert_eq!(p["overdue"], false);
+    assert!(p["next_run_at"].is_string(), "{p}");
+    let r = call(&app, "GET", "/v1/periodic", None, None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED);
+}

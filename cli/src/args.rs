@@ -152,7 +152,23 @@ Examples:
 
 Prints the newest --limit entries at or after --since, oldest first.")]
     Audit(AuditArgs),
+
+    /// List the periodic jobs ([periodic.NAME] in the workers' handlers files) with their
+    /// next run and last tick.
+    #[command(after_help = "\
+Examples:
+  sluicectl periodic
+  sluicectl periodic --json
+
+Workers record their periodic tables when they start and after every tick. OVERDUE means
+the next run is more than a minute past: no running worker has the table, so nothing is
+being enqueued for it. Always exits 0 when the database answered.")]
+    Periodic(PeriodicArgs),
 }
+
+/// `periodic` takes only the global flags.
+#[derive(Debug, Args)]
+pub struct PeriodicArgs {}
 
 /// `status` takes only the global flags.
 #[derive(Debug, Args)]

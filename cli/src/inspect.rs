@@ -7,7 +7,7 @@ use serde::Serialize;
 use sluice_common::model::KindInfo;
 use sluice_common::{storage, Job, JobState};
 
-use crate::args::{AuditArgs, StatusArgs};
+use crate::args::{AuditArgs, PeriodicArgs, StatusArgs};
 use crate::output::{human_ms, pad, print_json, print_lines, Style};
 use crate::{CliError, Ctx};
 
@@ -260,6 +260,49 @@ pub async fn audit(ctx: &Ctx, args: &AuditArgs) -> Result<(), CliError> {
             pad(&e.target, 28),
             pad(e.reason.as_deref().unwrap_or("-"), 30),
             e.details
+        ));
+    }
+    print_lines(&lines)
+}
+
+/// `sluicectl periodic`: the recorded periodic definitions, their next run and last tick.
+pub async fn periodic(ctx: &Ctx, _args: &PeriodicArgs) -> Result<(), CliError> {
+    let defs = storage::list_periodic_status(&ctx.pool).await?;
+    if ctx.json {
+        return print_json(&defs);
+    }
+    let s = &ctx.style;
+    let at = |t: Option<DateTime<Utc>>| {
+        t.map_or("-".to_string(), |t| {
+            t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+        })
+    };
+    let mut lines = vec![s.bold(&format!(
+        "{} {} {} {} {} LAST TICK",
+        pad("NAME", 24),
+        pad("SCHEDULE", 22),
+        pad("TIMEZONE", 16),
+        pad("KIND", 24),
+        pad("NEXT RUN", 21),
+    ))];
+    if defs.is_empty() {
+        lines.push("(no periodic jobs recorded: no worker has a [periodic.NAME] table)".into());
+    }
+    for d in &defs {
+        let next = at(d.def.next_run_at);
+        let next = if d.overdue {
+            s.yellow(&pad(&format!("{next} OVERDUE"), 21))
+        } else {
+            pad(&next, 21)
+        };
+        lines.push(format!(
+            "{} {} {} {} {} {}",
+            pad(&d.def.name, 24),
+            pad(&d.def.schedule, 22),
+            pad(&d.def.timezone, 16),
+            pad(&d.def.kind, 24),
+            next,
+            at(d.def.last_tick_at),
         ));
     }
     print_lines(&lines)

@@ -85,6 +85,7 @@ async fn run_command(cli: Cli) -> Result<(), CliError> {
         Command::Migrate => schema::migrate(&ctx).await,
         Command::Status(a) => inspect::status(&ctx, &a).await,
         Command::Audit(a) => inspect::audit(&ctx, &a).await,
+        Command::Periodic(a) => inspect::periodic(&ctx, &a).await,
         Command::Pause(a) => control::pause(&ctx, &a).await,
         Command::Resume(a) => control::resume(&ctx, &a).await,
         Command::Release(a) => control::release(&ctx, &a).await,

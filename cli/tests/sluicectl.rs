@@ -636,6 +636,7 @@ async fn help_shows_examples_and_exit_codes_for_every_subcommand() {
         "retry",
         "wait-drained",
         "audit",
+        "periodic",
     ] {
         let out = ctl(url, &[sub, "--help"]).await;
         assert_eq!(out.code, 0, "{sub}: {out:?}");
@@ -787,4 +788,90 @@ async fn no_job_stays_paused_after_resume_however_enqueues_race_a_hundred_pause_
         stranded, 0,
         "{stranded} of {total} jobs stayed paused after the last resume"
     );
+}
+
+/// A periodic definition as a worker records it (`[periodic.NAME]`).
+fn periodic_def(name: &str, schedule: &str) -> sluice_common::storage::PeriodicJob {
+    sluice_common::storage::PeriodicJob {
+        name: name.into(),
+        schedule: schedule.into(),
+        timezone: "Europe/Berlin".into(),
+        kind: "reports.nightly".into(),
+        payload: json!({"scope": "all"}),
+        priority: None,
+        max_attempts: None,
+        next_run_at: None,
+        last_tick_at: None,
+        last_enqueued_at: None,
+        updated_by: None,
+        updated_at: chrono::Utc::now(),
+        created_at: chrono::Utc::now(),
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn periodic_lists_the_recorded_tables_with_their_next_run_and_flags_overdue_ones(
+    pool: PgPool,
+) {
+    let url = url_of(&pool);
+    let empty = ctl(&url, &["periodic"]).await;
+    assert_eq!(empty.code, 0, "{empty:?}");
+    assert!(
+        empty.stdout.contains("no periodic jobs recorded"),
+        "{}",
+        empty.stdout
+    );
+
+    sluice_common::storage::record_periodic_jobs(
+        &pool,
+        "w1",
+        &[
+            periodic_def("nightly-report", "cron 0 3 * * *"),
+            periodic_def("heartbeat", "every 10s"),
+        ],
+    )
+    .await
+    .unwrap();
+    // One kept by a live worker (next run ahead), one nobody keeps any more.
+    sqlx::query(
+        "UPDATE periodic_jobs SET next_run_at = CASE name WHEN 'nightly-report'
+                THEN now() + interval '5 hours' ELSE now() - interval '10 minutes' END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = ctl(&url, &["periodic"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let line = |name: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no line for {name}: {}", out.stdout))
+            .to_string()
+    };
+    assert!(
+        line("nightly-report").contains("cron 0 3 * * *"),
+        "{}",
+        out.stdout
+    );
+    assert!(line("nightly-report").contains("Europe/Berlin"));
+    assert!(
+        !line("nightly-report").contains("OVERDUE"),
+        "{}",
+        out.stdout
+    );
+    assert!(line("heartbeat").contains("OVERDUE"), "{}", out.stdout);
+
+    let json = ctl(&url, &["periodic", "--json"]).await;
+    assert_eq!(json.code, 0, "{json:?}");
+    let v = json.json();
+    let names: Vec<(&str, bool)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap(), d["overdue"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(names, vec![("heartbeat", true), ("nightly-report", false)]);
+    assert_eq!(v[1]["kind"], "reports.nightly");
+    assert!(v[1]["next_run_at"].is_string());
 }

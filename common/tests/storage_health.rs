@@ -69,7 +69,11 @@ async fn assert_counts_agree(pool: &PgPool, step: &str) {
         .await
         .unwrap();
     assert_eq!(deltas, 0, "the refresh folded after {step}");
-    assert_eq!(cheap(pool).await, counted(pool).await, "after {step}, refreshed");
+    assert_eq!(
+        cheap(pool).await,
+        counted(pool).await,
+        "after {step}, refreshed"
+    );
     // And after folding the deltas into the counters.
     storage::fold_job_counts(pool).await.unwrap();
     assert_eq!(

@@ -4,4 +4,5 @@ pub mod health;
 pub mod jobs;
 pub mod kinds;
 pub mod openapi;
+pub mod periodic;
 pub mod stats;

@@ -96,6 +96,24 @@ fn kind_action(summary: &str) -> Value {
     } })
 }
 
+/// One entry of `GET /v1/periodic` (`storage::PeriodicStatus`).
+fn periodic_item() -> Value {
+    let nts = json!({ "type": "string", "format": "date-time", "nullable": true });
+    let ts = json!({ "type": "string", "format": "date-time" });
+    let ns = json!({ "type": "string", "nullable": true });
+    let nint = json!({ "type": "integer", "nullable": true });
+    let string = json!({ "type": "string" });
+    json!({ "type": "object",
+        "required": ["name", "schedule", "timezone", "kind", "payload", "priority", "max_attempts",
+                     "next_run_at", "last_tick_at", "last_enqueued_at", "updated_by",
+                     "updated_at", "created_at", "overdue"],
+        "properties": { "name": string, "schedule": string, "timezone": string, "kind": string,
+            "payload": {}, "priority": nint, "max_attempts": nint,
+            "next_run_at": nts, "last_tick_at": nts, "last_enqueued_at": nts,
+            "updated_by": ns, "updated_at": ts, "created_at": ts,
+            "overdue": { "type": "boolean" } } })
+}
+
 fn counts() -> Value {
     let props: serde_json::Map<String, Value> = sluice_common::JobState::ALL
         .iter()
@@ -202,6 +220,13 @@ pub fn document() -> Value {
                         "required": ["kind", "paused", "paused_at", "paused_by", "reason"],
                         "properties": { "kind": { "type": "string" }, "paused": { "type": "boolean" },
                             "paused_at": nts, "paused_by": ns, "reason": ns } } } } })))],
+                    &["401", "403", "503"]),
+            } },
+            "/v1/periodic": { "get": {
+                "summary": "Periodic jobs the workers keep, with their next run", "security": [{ "bearer": [] }],
+                "responses": responses(&[("200", ok("Periodic jobs", json!({
+                    "type": "object", "required": ["periodic"],
+                    "properties": { "periodic": { "type": "array", "items": periodic_item() } } })))],
                     &["401", "403", "503"]),
             } },
             "/v1/kinds/{kind}/pause": kind_action("Pause a kind"),

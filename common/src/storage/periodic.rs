@@ -148,6 +148,30 @@ pub async fn list_periodic_jobs(exec: impl PgExecutor<'_>) -> Result<Vec<Periodi
         .await?)
 }
 
+/// A periodic definition as operators see it (`GET /v1/periodic`, `sluicectl periodic`):
+/// the definition and whether a worker is still keeping it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct PeriodicStatus {
+    /// The definition, its next run and last tick.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub def: PeriodicJob,
+    /// Its next run is more than a minute past on the database clock: no running worker
+    /// has this table in its handlers file (or none can reach the database), so nothing
+    /// will be enqueued until one starts.
+    pub overdue: bool,
+}
+
+/// Every recorded periodic definition with its status, by name.
+pub async fn list_periodic_status(exec: impl PgExecutor<'_>) -> Result<Vec<PeriodicStatus>> {
+    Ok(sqlx::query_as(
+        "SELECT *, coalesce(next_run_at < now() - interval '1 minute', false) AS overdue
+           FROM periodic_jobs ORDER BY name",
+    )
+    .fetch_all(exec)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
