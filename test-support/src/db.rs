@@ -31,6 +31,15 @@ pub fn url_of_options(opts: &PgConnectOptions) -> String {
     format!("{server}/{db}{query}")
 }
 
+/// A pool of 4 on the test's database (what `#[sqlx::test]` hands over as options).
+pub async fn pool_for(opts: &PgConnectOptions) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts.clone())
+        .await
+        .unwrap()
+}
+
 /// Polls `sql` (a query returning one bool) until it is true; panics with the query after
 /// `limit`.
 pub async fn wait_until(pool: &PgPool, sql: &str, limit: Duration) {

@@ -21,5 +21,5 @@ pub mod db;
 pub mod jobs;
 pub mod process;
 
-pub use db::{url_of, url_of_options, wait_state, wait_until, HeldLock, PrivateCluster};
+pub use db::{pool_for, url_of, url_of_options, wait_state, wait_until, HeldLock, PrivateCluster};
 pub use process::{free_port, temp_path, write_temp, Process};

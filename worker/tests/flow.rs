@@ -12,17 +12,9 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
 };
-use support::{insert, state, url_of, wait_until, write_temp, Worker};
+use support::{insert, pool_for, state, url_of, wait_until, write_temp, Worker};
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
-
-async fn pool_for(opts: &PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts.clone())
-        .await
-        .unwrap()
-}
 
 async fn create_runs_table(pool: &PgPool) {
     sqlx::query(

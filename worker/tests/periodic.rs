@@ -8,21 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    PgPool,
-};
-use support::{url_of, wait_until, write_temp, Worker};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use support::{pool_for, url_of, wait_until, write_temp, Worker};
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
-
-async fn pool_for(opts: &PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts.clone())
-        .await
-        .unwrap()
-}
 
 /// Periodic jobs' kind here: a kind no worker runs, so the jobs stay queued and countable.
 const KIND: &str = "reports.tick";

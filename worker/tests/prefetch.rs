@@ -6,21 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    PgPool,
-};
-use support::{url_of, wait_until, HeldLock, Worker};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use support::{pool_for, url_of, wait_until, HeldLock, Worker};
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
-
-async fn pool_for(opts: &PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts.clone())
-        .await
-        .unwrap()
-}
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn prefetched_jobs_are_capped_and_put_back_at_once_on_sigterm_with_their_attempt_restored(

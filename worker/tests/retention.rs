@@ -11,17 +11,9 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     Connection, PgConnection, PgPool,
 };
-use support::{url_of, wait_until, write_temp, Worker};
+use support::{pool_for, url_of, wait_until, write_temp, Worker};
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
-
-async fn pool_for(opts: &PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts.clone())
-        .await
-        .unwrap()
-}
 
 /// Inserts `n` finished jobs `age` old, marked with what retention must do to them.
 async fn seed(pool: &PgPool, kind: &str, state: &str, age: &str, n: i32, expect: &str) {

@@ -13,25 +13,14 @@ use std::{
 };
 
 use sluice_common::model::Actor;
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    PgPool,
-};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::{
-    insert, state, temp_path, url_of, wait_ready_status, wait_state, wait_until, write_temp,
-    HeldLock, PrivateCluster, Worker,
+    insert, pool_for, state, temp_path, url_of, wait_ready_status, wait_state, wait_until,
+    write_temp, HeldLock, PrivateCluster, Worker,
 };
 use tokio::io::AsyncReadExt;
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
-
-async fn pool_for(opts: &PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts.clone())
-        .await
-        .unwrap()
-}
 
 fn operator() -> Actor<'static> {
     Actor {

@@ -5,24 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    PgPool,
-};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::{
-    insert, state, url_of, wait_ready_status, wait_state, wait_until, write_temp, HeldLock,
-    PrivateCluster, Worker,
+    insert, pool_for, state, url_of, wait_ready_status, wait_state, wait_until, write_temp,
+    HeldLock, PrivateCluster, Worker,
 };
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
-
-async fn pool_for(opts: &PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts.clone())
-        .await
-        .unwrap()
-}
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn sigterm_lets_the_running_job_finish_and_leaves_queued_jobs_queued(

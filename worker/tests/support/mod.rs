@@ -11,8 +11,8 @@ use std::{
 };
 
 pub use sluice_test_support::{
-    free_port, temp_path, url_of_options as url_of, wait_state, wait_until, write_temp, HeldLock,
-    PrivateCluster, Process,
+    free_port, pool_for, temp_path, url_of_options as url_of, wait_state, wait_until, write_temp,
+    HeldLock, PrivateCluster, Process,
 };
 use sqlx::PgPool;
 
