@@ -20,14 +20,15 @@ COPY common/Cargo.toml common/Cargo.toml
 COPY api/Cargo.toml api/Cargo.toml
 COPY worker/Cargo.toml worker/Cargo.toml
 COPY cli/Cargo.toml cli/Cargo.toml
+COPY test-support/Cargo.toml test-support/Cargo.toml
 RUN set -eux; \
-    for crate in common api worker cli; do \
+    for crate in common api worker cli test-support; do \
       mkdir -p "$crate/src"; \
       echo 'fn main() {}' > "$crate/src/main.rs"; \
       : > "$crate/src/lib.rs"; \
     done; \
     cargo build --release --locked --workspace; \
-    rm -rf common/src api/src worker/src cli/src \
+    rm -rf common/src api/src worker/src cli/src test-support/src \
            target/release/.fingerprint/sluice-* target/release/deps/sluice* \
            target/release/deps/libsluice* target/release/sluice-* target/release/sluicectl
 
@@ -40,6 +41,9 @@ COPY common common
 COPY api api
 COPY worker worker
 COPY cli cli
+# The tests' shared harness: a workspace member, so the workspace build needs it (it is
+# not in any binary).
+COPY test-support test-support
 COPY migrations migrations
 RUN set -eux; \
     cargo build --release --locked --workspace; \
