@@ -135,24 +135,35 @@ pub async fn release_all(shared: &Shared) -> usize {
         "interrupted: worker {} stopped before the job finished",
         shared.identity
     );
-    match storage::interrupt_jobs(shared.client.pool(), &leases, &reason).await {
-        Ok(done) => {
-            let mut running = shared.lock_running();
-            for id in &done {
-                if let Some(r) = running.remove(id) {
-                    shared
-                        .metrics
-                        .interrupted
-                        .with_label_values(&[&r.kind])
-                        .inc();
-                }
-            }
-            Totals::add(&shared.totals.interrupted, done.len());
-            done.len()
-        }
+    match interrupt_leases(shared, &leases, &reason).await {
+        Ok(n) => n,
         Err(err) => {
             tracing::error!(error = %err, jobs = leases.len(), "could not put jobs back; their leases will expire");
             0
         }
     }
+}
+
+/// Puts `leases` back without using their attempts (`storage::interrupt_jobs`), and
+/// takes those it got back out of the running set, counted in the metrics and totals.
+/// Returns how many; a lease already lost is left alone. Shared by the drain's last step
+/// and the producer giving back its never-started prefetched jobs.
+pub async fn interrupt_leases(
+    shared: &Shared,
+    leases: &[Lease],
+    reason: &str,
+) -> Result<usize, sluice_common::Error> {
+    let done = storage::interrupt_jobs(shared.client.pool(), leases, reason).await?;
+    let mut running = shared.lock_running();
+    for id in &done {
+        if let Some(r) = running.remove(id) {
+            shared
+                .metrics
+                .interrupted
+                .with_label_values(&[&r.kind])
+                .inc();
+        }
+    }
+    Totals::add(&shared.totals.interrupted, done.len());
+    Ok(done.len())
 }

@@ -27,7 +27,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     executor::spawn_job,
-    state::{Running, Shared, Totals},
+    state::{Running, Shared},
 };
 
 /// The producer's settings.
@@ -304,21 +304,8 @@ async fn release_buffered(shared: &Shared, buffer: VecDeque<LeasedJob>) {
         "interrupted: worker {} was shutting down before starting the job",
         shared.identity
     );
-    match storage::interrupt_jobs(shared.client.pool(), &leases, &reason).await {
-        Ok(done) => {
-            let mut running = shared.lock_running();
-            for id in &done {
-                if let Some(r) = running.remove(id) {
-                    shared
-                        .metrics
-                        .interrupted
-                        .with_label_values(&[&r.kind])
-                        .inc();
-                }
-            }
-            Totals::add(&shared.totals.interrupted, done.len());
-            tracing::info!(jobs = done.len(), "put prefetched jobs back");
-        }
+    match crate::maintenance::interrupt_leases(shared, &leases, &reason).await {
+        Ok(n) => tracing::info!(jobs = n, "put prefetched jobs back"),
         Err(err) => {
             tracing::warn!(error = %err, jobs = leases.len(), "could not put prefetched jobs back yet; retrying at the end of the drain");
         }
