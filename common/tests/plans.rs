@@ -103,6 +103,8 @@ async fn explain_lease(pool: &PgPool, limit: i64) -> Value {
     .bind(&names)
     .bind(&timeouts)
     .bind(limit)
+    .bind(storage::floor_arrays(kinds.len(), &[]).0)
+    .bind(storage::floor_arrays(kinds.len(), &[]).1)
     .fetch_one(&mut *tx)
     .await
     .unwrap();

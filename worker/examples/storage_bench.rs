@@ -27,6 +27,9 @@
 //! windows have passed. Its enqueue→start latency is `leased_at − created_at` (database
 //! stamps; the exact client→handler figure is in 10-worker.sh).
 //!
+//! For a closer look: `BENCH_STRESS_RATE` offers a fixed rate instead of half the measured
+//! capacity, `BENCH_STRESS_SKIP_CLEAN=1` runs only the held stress.
+//!
 //! Run it tiny to check it works, e.g. `BENCH_DRAIN_JOBS=2000 BENCH_FINISHED=50000
 //! BENCH_STRESS_SECS=30 BENCH_IDLE_TX_SECS=10 BENCH_WINDOW_SECS=5`.
 
@@ -565,13 +568,20 @@ async fn stress_part(
     window: u64,
     retention: &str,
 ) -> anyhow::Result<()> {
-    let rate = (capacity / 2.0).max(1.0);
+    let rate = match std::env::var("BENCH_STRESS_RATE") {
+        Ok(r) => r.parse()?,
+        Err(_) => (capacity / 2.0).max(1.0),
+    };
     let stress_env = [
         ("SLUICE_RETENTION_COMPLETED", retention),
         ("SLUICE_RETENTION_INTERVAL", "5s"),
     ];
     let _ = sqlx::query("CHECKPOINT").execute(pool).await;
-    let clean = stress(pool, url, &stress_env, rate, stress_secs, 0, window).await?;
+    let clean = if std::env::var("BENCH_STRESS_SKIP_CLEAN").is_ok_and(|v| v == "1") {
+        Vec::new()
+    } else {
+        stress(pool, url, &stress_env, rate, stress_secs, 0, window).await?
+    };
     let held = stress(pool, url, &stress_env, rate, stress_secs, idle_secs, window).await?;
     println!("stress: drain capacity {capacity:.0} jobs/s measured on an empty table, retention {retention}");
     print_windows("stress, clean", rate, &clean);

@@ -10,8 +10,18 @@
 //! undone (rolled back) and its lock released with its connection. Deletes are counted in
 //! `sluice_jobs_deleted_total{kind,state}`; nothing goes to `audit_log` (routine, not an
 //! intervention).
+//!
+//! Each (state, kind) remembers where its last batch ended ([`Floors`]) and the next batch
+//! looks only at rows finished from there on (less a margin), so a batch never walks the
+//! index entries of rows it deleted before: while a long transaction holds vacuum back,
+//! those cannot be marked dead, and walking them made each batch slower than the last
+//! (see [`storage::delete_expired_jobs_from`]). One pass in [`FULL_PASS_EVERY`] (and the
+//! first) reads from the oldest row, for rows that finished earlier than a floor but
+//! committed later, or that an operator's SQL gave an older `finished_at`.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
 
 use sluice_common::{
     config::format_duration,
@@ -23,6 +33,20 @@ use sqlx::Postgres;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::Shared;
+
+/// A pass without floors every this many passes.
+pub const FULL_PASS_EVERY: u64 = 10;
+
+/// How far behind the newest row a batch deleted the next one starts (completions commit
+/// a moment after the `finished_at` they stamp).
+pub const FLOOR_MARGIN: Duration = Duration::from_secs(1);
+
+/// Where each (state, kind)'s next batch starts, and how many passes ran.
+#[derive(Debug, Default)]
+pub struct Floors {
+    from: HashMap<(&'static str, String), DateTime<Utc>>,
+    passes: u64,
+}
 
 /// How the cleaner runs.
 #[derive(Debug, Clone)]
@@ -47,12 +71,13 @@ pub async fn run(shared: Arc<Shared>, config: CleanerConfig, stop: CancellationT
     // The first pass comes soon after start (a worker that restarts often must still
     // clean), but not at once: start-up is busy enough.
     let mut wait = config.interval.mul_f64(0.1 + rand::random::<f64>() * 0.2);
+    let mut floors = Floors::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        match pass(&shared, &config, &stop).await {
+        match pass(&shared, &config, &stop, &mut floors).await {
             Ok(Some(deleted)) if deleted > 0 => tracing::info!(deleted, "retention pass done"),
             Ok(Some(deleted)) => tracing::debug!(deleted, "retention pass done"),
             Ok(None) => {}
@@ -67,6 +92,7 @@ pub async fn pass(
     shared: &Shared,
     config: &CleanerConfig,
     stop: &CancellationToken,
+    floors: &mut Floors,
 ) -> Result<Option<u64>> {
     let mut conn = shared.client.pool().acquire().await?;
     if !storage::try_lock_retention(&mut conn).await? {
@@ -80,7 +106,7 @@ pub async fn pass(
             if analyzed {
                 tracing::info!("analyzed the jobs table (it had no statistics)");
             }
-            clean(&mut conn, shared, config, stop).await
+            clean(&mut conn, shared, config, stop, floors).await
         }
         Err(err) => Err(err),
     };
@@ -105,7 +131,10 @@ async fn clean(
     shared: &Shared,
     config: &CleanerConfig,
     stop: &CancellationToken,
+    floors: &mut Floors,
 ) -> Result<u64> {
+    let full = floors.passes.is_multiple_of(FULL_PASS_EVERY);
+    floors.passes += 1;
     let mut total = 0;
     for state in FINISHED_STATES {
         let kinds = storage::find_kinds_with_finished_jobs(&mut **conn, state).await?;
@@ -113,12 +142,27 @@ async fn clean(
             let Some(keep) = config.policy.keep(&kind, state) else {
                 continue;
             };
+            // In a full pass, the first batch of each kind reads from the oldest row; the
+            // ones after it go on from where it ended.
+            let mut first = true;
             loop {
                 if stop.is_cancelled() {
                     return Ok(total);
                 }
-                let n =
-                    storage::delete_expired_jobs(conn, state, &kind, keep, config.batch).await?;
+                let key = (state.as_str(), kind.clone());
+                let from = if full && first {
+                    None
+                } else {
+                    floors.from.get(&key).copied()
+                };
+                let batch =
+                    storage::delete_expired_jobs_from(conn, state, &kind, keep, config.batch, from)
+                        .await?;
+                let n = batch.rows;
+                first = false;
+                if let Some(newest) = batch.newest_finished_at {
+                    floors.from.insert(key, newest - FLOOR_MARGIN);
+                }
                 if n > 0 {
                     shared
                         .metrics

@@ -10,6 +10,8 @@
 //!   the services below and runs the drain.
 //! - [`producer`]: leases as many jobs as there are free slots, in one statement; wakes on
 //!   LISTEN/NOTIFY, a timer for the next scheduled job, and a slow fallback poll.
+//! - [`floors`]: where each kind's next lease may start reading the claim index, so
+//!   leases stay cheap while a long transaction holds vacuum back.
 //! - [`executor`]: runs each job in its own task (panics contained, timeouts enforced).
 //! - [`completer`]: writes outcomes in batches, fenced on each lease.
 //! - [`listener`]: the one LISTEN connection: wakes the producer, fires a cancelled
@@ -31,6 +33,7 @@ pub mod cleaner;
 pub mod completer;
 pub mod config;
 pub mod executor;
+pub mod floors;
 pub mod health;
 pub mod http_target;
 pub mod listener;

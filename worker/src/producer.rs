@@ -27,6 +27,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     executor::spawn_job,
+    floors::Floors,
     state::{Running, Shared},
 };
 
@@ -76,6 +77,9 @@ async fn produce(
     // The last lease came back full (or there was no room to lease): more may be waiting.
     let mut more = false;
     let mut rate = StartRate::new(std::time::Instant::now());
+    let mut floors = Floors::new();
+    // When a lease without floors is due after a floored one found less than it asked for.
+    let mut full_due: Option<Instant> = None;
     loop {
         if stop.is_cancelled() {
             return;
@@ -96,8 +100,17 @@ async fn produce(
         if look {
             let want = wanted(shared, rate.buffer_size(config.prefetch), buffer.len());
             if want > 0 {
-                match lease_round(shared, want).await {
+                let floored = !floors.next_is_full(std::time::Instant::now());
+                match lease_round(shared, want, &mut floors).await {
                     Ok((jobs, full, limit_frees_in)) => {
+                        // A floored lease that found less than asked may have missed a row
+                        // behind a floor (see crate::floors): look again, without floors,
+                        // when the next full lease is due, instead of at the next poll.
+                        full_due = if floored && !full {
+                            floors.next_full_at().map(Instant::from_std)
+                        } else {
+                            None
+                        };
                         // A rate limit held jobs back: look again when its next slot frees.
                         if let Some(wait) = limit_frees_in {
                             let at = Instant::now() + wait + Duration::from_millis(5);
@@ -147,6 +160,10 @@ async fn produce(
                 let seen = shared.take_wake();
                 look |= seen.look;
                 refresh_schedule |= seen.schedule;
+            }
+            _ = tokio::time::sleep_until(full_due.unwrap_or(wake_at)), if full_due.is_some_and(|t| t < wake_at) => {
+                full_due = None;
+                look = true;
             }
             _ = tokio::time::sleep_until(wake_at) => {
                 look = true;
@@ -322,10 +339,17 @@ fn jittered(d: Duration) -> Duration {
 /// `rate_limit` across workers, which [`storage::lease_limited_jobs`] enforces). Returns
 /// the jobs, whether any statement came back full (so more may be waiting), and, when a
 /// rate limit held jobs back, how long until it frees a slot.
+///
+/// Leases of kinds without a global limit start at each kind's claim floor, except when
+/// `floors` says a full lease is due (see [`crate::floors`]).
 async fn lease_round(
     shared: &Shared,
     free: usize,
+    floors: &mut Floors,
 ) -> Result<(Vec<LeasedJob>, bool, Option<Duration>), sluice_common::Error> {
+    let full_lease = floors.next_is_full(std::time::Instant::now());
+    // Time spent in the floored statements, which is what a full one costs more.
+    let mut spent = Duration::ZERO;
     let running = shared.running_by_kind();
     let mut unlimited = Vec::new();
     let mut limited = Vec::new();
@@ -342,7 +366,14 @@ async fn lease_round(
             .concurrency
             .map(|limit| limit.saturating_sub(running.get(name).copied().unwrap_or(0)) as usize);
         if kind.global_concurrency.is_some() || kind.rate_limit.is_some() {
-            if room != Some(0) {
+            // This worker alone runs the kind's whole global allowance: no slot can be
+            // free anywhere, so asking would be a statement per round for nothing (the
+            // tax a limited kind would otherwise put on every other kind's leases).
+            let mine = running.get(name).copied().unwrap_or(0);
+            let all_ours = kind
+                .global_concurrency
+                .is_some_and(|limit| u64::from(mine) >= u64::from(limit));
+            if room != Some(0) && !all_ours {
                 global.push((lease, room.unwrap_or(usize::MAX)));
             }
             continue;
@@ -361,9 +392,19 @@ async fn lease_round(
     let mut full = false;
     let mut left = free;
     if !unlimited.is_empty() {
-        let got =
-            storage::lease_jobs(shared.client.pool(), &shared.identity, &unlimited, left).await?;
+        let from = floors.for_kinds(unlimited.iter().map(|k| k.kind.as_str()), full_lease);
+        let started = std::time::Instant::now();
+        let got = storage::lease_jobs_from(
+            shared.client.pool(),
+            &shared.identity,
+            &unlimited,
+            &from,
+            left,
+        )
+        .await?;
         shared.metrics.lease_batch.observe(got.len() as f64);
+        spent += started.elapsed();
+        floors.note(&got);
         full |= got.len() == left;
         left -= got.len();
         jobs.extend(got);
@@ -374,14 +415,19 @@ async fn lease_round(
             break;
         }
         let want = room.min(left);
-        let got = storage::lease_jobs(
+        let from = floors.for_kinds([lease.kind.as_str()], full_lease);
+        let started = std::time::Instant::now();
+        let got = storage::lease_jobs_from(
             shared.client.pool(),
             &shared.identity,
             std::slice::from_ref(&lease),
+            &from,
             want,
         )
         .await?;
         shared.metrics.lease_batch.observe(got.len() as f64);
+        spent += started.elapsed();
+        floors.note(&got);
         full |= got.len() == want;
         left -= got.len();
         jobs.extend(got);
@@ -417,6 +463,9 @@ async fn lease_round(
         }
         left -= got.jobs.len();
         jobs.extend(got.jobs);
+    }
+    if full_lease {
+        floors.full_lease_done(spent, std::time::Instant::now());
     }
     Ok((jobs, full, frees_in))
 }

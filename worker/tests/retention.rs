@@ -276,7 +276,7 @@ async fn a_cleaner_killed_mid_batch_leaves_nothing_half_done(
         &pool,
         "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                          WHERE datname = current_database() AND application_name = 'sluice-worker'
-                           AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM jobs%')",
+                           AND wait_event_type = 'Lock' AND query LIKE '%DELETE FROM jobs%')",
         Duration::from_secs(30),
     )
     .await;

@@ -76,6 +76,53 @@ async fn a_batch_with_a_due_and_a_scheduled_job_starts_the_scheduled_one_on_time
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn a_job_queued_behind_the_claim_floor_runs_at_once_not_at_the_next_poll(
+    _o: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let pool = pool_for(&opts).await;
+    let mut w = Worker::start(&url_of(&opts), &[("SLUICE_WORKER_POLL_INTERVAL", "60s")]);
+    w.wait_ready().await;
+    // Each round, one statement queues a new job and one with an hour-old run_at (as a
+    // rescued lease or an operator's UPDATE back to queued has): behind the floor the
+    // worker's previous leases left, so a floored lease takes only the new one. The old
+    // one must be found by the lease without floors that follows, not by the poll 60 s
+    // away. Rounds follow each other quickly, so most of their leases are floored.
+    for round in 0..20 {
+        let ids: Vec<(i64, bool)> = sqlx::query_as(
+            "INSERT INTO jobs (kind, run_at) VALUES ('sluice.noop', now()), ('sluice.noop', now() - interval '1 hour')
+             RETURNING id, run_at < now()",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let old = ids.iter().find(|(_, old)| *old).unwrap().0;
+        let new = ids.iter().find(|(_, old)| !*old).unwrap().0;
+        wait_until(
+            &pool,
+            &format!(
+                "SELECT count(*) = 2 FROM jobs WHERE id IN ({old}, {new}) AND state = 'completed'"
+            ),
+            Duration::from_secs(30),
+        )
+        .await;
+        let waited: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM o.leased_at - n.created_at)::float8 FROM jobs o, jobs n WHERE o.id = $1 AND n.id = $2",
+        )
+        .bind(old)
+        .bind(new)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(
+            waited < 10.0,
+            "round {round}: the job behind the floor started {waited:.1} s after it was queued: {}",
+            w.log()
+        );
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn cancelling_a_running_sleep_stops_it_and_frees_its_slot_for_the_next_job(
     _o: PgPoolOptions,
     opts: PgConnectOptions,

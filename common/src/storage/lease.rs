@@ -13,20 +13,45 @@ use crate::model::{
 use super::{DONE_IDS_PER_STATEMENT, REQUEUE_STATE};
 
 /// The statement of [`lease_jobs`]: `$1` worker, `$2` kinds, `$3` their lease timeouts
-/// in ms, `$4` limit. Public so that `common/tests/plans.rs` can `EXPLAIN` the very
-/// statement the worker runs.
+/// in ms, `$4` limit, `$5`/`$6` each kind's claim floor (priority, run_at; see
+/// [`ClaimFloor`]), `32767`/`NULL` for none. Public so that `common/tests/plans.rs`
+/// can `EXPLAIN` the very statement the worker runs.
 pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
              SELECT c.id, c.kind
-               FROM unnest($2::text[]) AS k(kind)
+               FROM unnest($2::text[], $5::int2[], $6::timestamptz[]) AS k(kind, fp, fr)
               CROSS JOIN LATERAL (
-                    SELECT j.id, j.kind, j.priority, j.run_at
-                      FROM jobs j
-                     WHERE (j.state = 'queued') IS TRUE
-                       AND j.kind = k.kind
-                       AND j.run_at <= now()
-                     ORDER BY j.kind, j.priority DESC, j.run_at, j.id
-                     LIMIT $4
-                       FOR UPDATE OF j SKIP LOCKED
+                    SELECT * FROM (
+                        SELECT * FROM (
+                            SELECT j.id, j.kind, j.priority, j.run_at
+                              FROM jobs j
+                             WHERE (j.state = 'queued') IS TRUE
+                               AND j.kind = k.kind AND j.priority > k.fp
+                               AND j.run_at <= now()
+                             ORDER BY j.kind, j.priority DESC, j.run_at, j.id
+                             LIMIT $4
+                               FOR UPDATE OF j SKIP LOCKED) above
+                        UNION ALL
+                        SELECT * FROM (
+                            SELECT j.id, j.kind, j.priority, j.run_at
+                              FROM jobs j
+                             WHERE (j.state = 'queued') IS TRUE
+                               AND j.kind = k.kind AND j.priority = k.fp
+                               AND j.run_at >= coalesce(k.fr, '-infinity') AND j.run_at <= now()
+                             ORDER BY j.kind, j.priority DESC, j.run_at, j.id
+                             LIMIT $4
+                               FOR UPDATE OF j SKIP LOCKED) at_floor
+                        UNION ALL
+                        SELECT * FROM (
+                            SELECT j.id, j.kind, j.priority, j.run_at
+                              FROM jobs j
+                             WHERE (j.state = 'queued') IS TRUE
+                               AND j.kind = k.kind AND j.priority < k.fp
+                               AND j.run_at <= now()
+                             ORDER BY j.kind, j.priority DESC, j.run_at, j.id
+                             LIMIT $4
+                               FOR UPDATE OF j SKIP LOCKED) below
+                    ) u
+                    LIMIT $4
                     ) c
               WHERE NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = k.kind
                                    AND (p.paused OR p.global_concurrency IS NOT NULL OR p.rate_limit IS NOT NULL))
@@ -48,6 +73,29 @@ pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
          RETURNING j.id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts, j.lease_token,
                    j.lease_expires_at, j.run_at, j.created_at, j.traceparent";
 
+/// Where a kind's lease may start reading the claim index: no queued row of the kind at
+/// this `priority` with a `run_at` before `run_at` is looked at (higher and lower
+/// priorities are read in full).
+///
+/// Why: a lease finds its rows by walking `jobs_claim_idx` in claim order, and every job
+/// leased before leaves an entry there until vacuum removes it. Normally those entries are
+/// marked dead by the first scan that passes them and cost almost nothing. But while any
+/// session holds the vacuum horizon back (a transaction left idle, a long report, a
+/// replica with `hot_standby_feedback`), no entry can be marked dead, and every lease would
+/// visit the heap for every job leased since that session began: at 8k jobs/s a lease took
+/// 14 ms after 15 s, and the queue fell behind after 20 s (`make bench`, stress). A floor
+/// taken from the last row the worker leased (minus a margin) lets the lease skip them by
+/// the index bound. What the floor can miss (a row committed later than its `run_at` by
+/// more than the margin, a rescued lease, an operator's `UPDATE` back to `queued`) is
+/// found by a lease without floors, which the producer runs often enough to keep the
+/// delay small while costing no more than a twentieth of its time
+/// (`worker/src/producer.rs`, `Floors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimFloor {
+    pub priority: i16,
+    pub run_at: DateTime<Utc>,
+}
+
 /// Leases up to `limit` runnable jobs of the given kinds in one statement: locks them with
 /// `FOR UPDATE SKIP LOCKED` (concurrent leasers never wait on, or get, each other's rows),
 /// moves them to `processing`, counts the attempt, and stamps the lease: `leased_by`,
@@ -68,8 +116,11 @@ pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
 /// the planner fetch and sort a kind's whole backlog instead. A lease reads only
 /// the worker's own kinds' entries, never other kinds' or finished rows. (`j.kind` leads
 /// the inner `ORDER BY` only so the planner sees the index order; it is constant there.)
-/// Each kind's scan may lock up to `limit` rows of which the outer `LIMIT` keeps the best
-/// `limit`; the others stay locked only until this statement commits.
+/// Each kind's rows are read in three index ranges, in claim order: priorities above the
+/// floor's, the floor's priority from the floor's `run_at` on, priorities below (without
+/// a floor: all of them, in the last two). Each may lock up to `limit` rows, but a range
+/// is read only while the kind still has fewer; the outer `LIMIT` keeps the best `limit`
+/// across kinds, and the others stay locked only until this statement commits.
 ///
 /// The statement commits with `synchronous_commit = off` (transaction-local, set inside
 /// the statement itself so it stays one round trip). Waiting for an fsync per lease would
@@ -85,6 +136,18 @@ pub async fn lease_jobs(
     kinds: &[KindLease],
     limit: usize,
 ) -> Result<Vec<LeasedJob>> {
+    lease_jobs_from(exec, worker, kinds, &[], limit).await
+}
+
+/// [`lease_jobs`] with a [`ClaimFloor`] per kind (`floors[i]` for `kinds[i]`; missing or
+/// `None`: the kind's whole claim order).
+pub async fn lease_jobs_from(
+    exec: impl PgExecutor<'_>,
+    worker: &str,
+    kinds: &[KindLease],
+    floors: &[Option<ClaimFloor>],
+    limit: usize,
+) -> Result<Vec<LeasedJob>> {
     if kinds.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
@@ -93,14 +156,32 @@ pub async fn lease_jobs(
         .iter()
         .map(|k| k.lease_timeout.as_millis() as i64)
         .collect();
+    let (floor_priorities, floor_run_ats) = floor_arrays(kinds.len(), floors);
     let rows = sqlx::query_as(LEASE_JOBS_SQL)
         .bind(worker)
         .bind(&names)
         .bind(&timeouts_ms)
         .bind(limit as i64)
+        .bind(&floor_priorities)
+        .bind(&floor_run_ats)
         .fetch_all(exec)
         .await?;
     Ok(rows)
+}
+
+/// `$5` and `$6` of [`LEASE_JOBS_SQL`]: the floors, or for none the highest priority and
+/// `NULL` (read as `-infinity`), which make the three ranges the whole claim order
+/// (`> 32767` is empty).
+pub fn floor_arrays(
+    kinds: usize,
+    floors: &[Option<ClaimFloor>],
+) -> (Vec<i16>, Vec<Option<DateTime<Utc>>>) {
+    (0..kinds)
+        .map(|i| match floors.get(i).copied().flatten() {
+            Some(f) => (f.priority, Some(f.run_at)),
+            None => (i16::MAX, None),
+        })
+        .unzip()
 }
 
 fn split_leases(leases: &[Lease]) -> (Vec<i64>, Vec<i64>) {
