@@ -61,7 +61,7 @@ fn scan_buffers(node: &Value, index: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// Executes the lease statement under `EXPLAIN (ANALYZE, BUFFERS)` in a transaction that
+/// Executes the floored lease statement under `EXPLAIN (ANALYZE, BUFFERS)` in a transaction that
 /// is rolled back: the rows it leased and the buffers its claim-index scans touched.
 async fn explain_lease(
     pool: &PgPool,
@@ -74,7 +74,7 @@ async fn explain_lease(
     let mut tx = pool.begin().await.unwrap();
     let plan: Value = sqlx::query_scalar(&format!(
         "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
-        storage::LEASE_JOBS_SQL
+        storage::LEASE_JOBS_FROM_FLOORS_SQL
     ))
     .bind("floors-test")
     .bind(&names)

@@ -91,23 +91,41 @@ fn jobs_scans(root: &Value) -> Vec<(String, String, f64)> {
 }
 
 async fn explain_lease(pool: &PgPool, limit: i64) -> Value {
+    explain_lease_with(pool, limit, false).await
+}
+
+/// `floored`: the statement with claim floors (`storage::LEASE_JOBS_FROM_FLOORS_SQL`),
+/// every other kind given a floor an hour back at priority 0 (the rest none).
+async fn explain_lease_with(pool: &PgPool, limit: i64, floored: bool) -> Value {
     let kinds = all_kinds();
     let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
     let timeouts: Vec<i64> = vec![300_000; kinds.len()];
     let mut tx = pool.begin().await.unwrap();
-    let plan: Value = sqlx::query_scalar(&format!(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+    let sql = if floored {
+        storage::LEASE_JOBS_FROM_FLOORS_SQL
+    } else {
         storage::LEASE_JOBS_SQL
-    ))
-    .bind("plans-test")
-    .bind(&names)
-    .bind(&timeouts)
-    .bind(limit)
-    .bind(storage::floor_arrays(kinds.len(), &[]).0)
-    .bind(storage::floor_arrays(kinds.len(), &[]).1)
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    };
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}");
+    let mut q = sqlx::query_scalar(&explain)
+        .bind("plans-test")
+        .bind(&names)
+        .bind(&timeouts)
+        .bind(limit);
+    if floored {
+        let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        let floors: Vec<Option<storage::ClaimFloor>> = (0..kinds.len())
+            .map(|i| {
+                (i % 2 == 0).then_some(storage::ClaimFloor {
+                    priority: 0,
+                    run_at: hour_ago,
+                })
+            })
+            .collect();
+        let (fp, fr) = storage::floor_arrays(kinds.len(), &floors);
+        q = q.bind(fp).bind(fr);
+    }
+    let plan: Value = q.fetch_one(&mut *tx).await.unwrap();
     tx.rollback().await.unwrap();
     plan[0].clone()
 }
@@ -117,8 +135,11 @@ async fn a_lease_on_a_never_analyzed_backlog_reads_index_entries_of_its_own_batc
     pool: PgPool,
 ) {
     never_analyzed_backlog(&pool).await;
-    for limit in [1_i64, 16, 100] {
-        let plan = explain_lease(&pool, limit).await;
+    for (limit, floored) in [1_i64, 16, 100]
+        .into_iter()
+        .flat_map(|l| [(l, false), (l, true)])
+    {
+        let plan = explain_lease_with(&pool, limit, floored).await;
         let scans = jobs_scans(&plan);
         assert!(
             scans

@@ -23,7 +23,8 @@
 //! 3. Backlog: `BENCH_BACKLOG_JOBS` (100 000) queued, drained at concurrency 16; the lease
 //!    statement's mean time per call (pg_stat_statements `total_exec_time +
 //!    total_plan_time` deltas) while the first 10 % drain vs while 80–90 % have drained.
-//!    Target: end ≤ 1.2× start. The lease statement is the pg_stat_statements entry
+//!    Target: end ≤ 1.2× start, per leased job (per call is reported too; batches grow
+//!    as the drain warms up, so calls are not like for like). The lease statement is the pg_stat_statements entry
 //!    whose text has `SKIP LOCKED` and `sluice_new_lease_token()` (constants are
 //!    normalised away, so it is matched by shape).
 //! 4. Exact latency: `sluice.bench` jobs (a test kind that stamps CLOCK_REALTIME as its
@@ -604,10 +605,21 @@ async fn main() -> anyhow::Result<()> {
             None,
         );
         line(
-            "  lease time end / start",
+            "  lease time per call end / start",
             format!("{:.2}", t1 / t0),
+            "",
+            None,
+        );
+        // Per call is not like for like: the prefetch buffer sizes batches by the start
+        // rate, which climbs as the drain warms up, so calls at the end lease more jobs.
+        // What the target is about (dead claim-index entries making leases slower as the
+        // backlog drains) shows as time per leased job.
+        let (j0, j1) = (t0 / r0.max(1.0), t1 / r1.max(1.0));
+        line(
+            "  lease time per leased job end / start",
+            format!("{:.2} ({:.4} -> {:.4} ms)", j1 / j0, j0, j1),
             "<= 1.2",
-            Some(t1 / t0 <= 1.2),
+            Some(j1 / j0 <= 1.2),
         );
         println!("    buffers per lease {b0:.0} -> {b1:.0}, jobs per lease {r0:.1} -> {r1:.1}");
     } else {
@@ -703,6 +715,46 @@ async fn main() -> anyhow::Result<()> {
     line(
         "  enqueue -> handler start max",
         format!("{:.2} ms", lat.last().copied().unwrap_or(f64::NAN)),
+        "",
+        None,
+    );
+    // Where the time goes, from the database's stamps of the same jobs (same clock):
+    // the client's call up to its INSERT's transaction start (`created_at`), from there
+    // up to the lease statement's start (`leased_at`: the INSERT, its commit, the
+    // notification, the worker's wake-up), and from there up to the handler's first
+    // instruction (the lease itself, its commit, the spawn).
+    let mut client_t: HashMap<i64, (i64, i64)> = HashMap::new();
+    for l in &lines {
+        let f: Vec<i64> = l.split(' ').filter_map(|x| x.parse().ok()).collect();
+        if f.len() == 3 {
+            client_t.entry(f[0]).or_insert((f[1], f[2]));
+        }
+    }
+    let stamps: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT id, (extract(epoch FROM created_at) * 1e9)::int8, (extract(epoch FROM leased_at) * 1e9)::int8
+           FROM jobs WHERE kind = 'sluice.bench' AND leased_at IS NOT NULL ORDER BY id",
+    )
+    .fetch_all(&db)
+    .await?;
+    let mut parts: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for (id, created, leased) in stamps.iter().skip(warm) {
+        if let Some((sent, started)) = client_t.get(id) {
+            parts[0].push((created - sent) as f64 / 1e6);
+            parts[1].push((leased - created) as f64 / 1e6);
+            parts[2].push((started - leased) as f64 / 1e6);
+        }
+    }
+    for p in parts.iter_mut() {
+        p.sort_by(|a, b| a.total_cmp(b));
+    }
+    line(
+        "  p50 parts: call->INSERT, INSERT->lease, lease->handler",
+        format!(
+            "{:.2} / {:.2} / {:.2} ms",
+            pct(&parts[0], 0.5),
+            pct(&parts[1], 0.5),
+            pct(&parts[2], 0.5)
+        ),
         "",
         None,
     );
