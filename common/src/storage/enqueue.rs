@@ -84,7 +84,7 @@ pub async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec
     order.sort_by(|&a, &b| {
         (&jobs[a].kind, &jobs[a].idempotency_key).cmp(&(&jobs[b].kind, &jobs[b].idempotency_key))
     });
-    let sorted: Vec<NewJob> = order.iter().map(|&i| jobs[i].clone()).collect();
+    let sorted: Vec<&NewJob> = order.iter().map(|&i| &jobs[i]).collect();
     let written = insert_sorted_jobs(conn, &sorted).await?;
     let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
     for (enqueued, &index) in written.into_iter().zip(&order) {
@@ -96,7 +96,7 @@ pub async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec
 }
 
 /// [`insert_jobs`] on input already validated and sorted; results in input order.
-async fn insert_sorted_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
+async fn insert_sorted_jobs(conn: &mut PgConnection, jobs: &[&NewJob]) -> Result<Vec<Enqueued>> {
     let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
     let payloads: Vec<&Value> = jobs.iter().map(|j| &j.payload).collect();
     let priorities: Vec<i16> = jobs.iter().map(|j| j.priority).collect();
