@@ -154,6 +154,38 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// A problem document as a response: `status`, `application/problem+json`, and the body
+/// as pure-ASCII JSON (every non-ASCII character escaped as `\uXXXX`).
+///
+/// Why ASCII: the detail often quotes the client's own input (a kind, a path segment),
+/// and `application/problem+json` carries no charset. Clients that guess one (Python's
+/// `requests` does, for any JSON type but `application/json`) may pick a multi-byte
+/// encoding such as Big5, in which a UTF-8 byte can swallow the backslash of a following
+/// `\"`, and the document no longer parses (found by schemathesis: a kind `AA´企`).
+/// Escaped, the bytes read the same in any ASCII-compatible encoding, and any JSON
+/// parser gives back the exact text.
+pub fn problem_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let text = body.to_string();
+    let mut ascii = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            ascii.push(c);
+        } else {
+            // Non-ASCII appears only inside JSON strings, where \u escapes are valid.
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                ascii.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    let mut resp = (status, ascii).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
 /// A problem document body.
 pub fn problem_body(status: StatusCode, slug: &str, detail: &str) -> serde_json::Value {
     json!({
@@ -168,15 +200,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = problem_body(status, self.slug(), &self.to_string());
-        let mut resp = (status, axum::Json(body)).into_response();
+        let mut resp = problem_response(status, &body);
         if let ApiError::Database(failure) = self {
             resp.extensions_mut().insert(DatabaseTrouble(failure));
         }
         let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(
                 header::RETRY_AFTER,
@@ -256,17 +284,13 @@ pub async fn problem_documents(req: Request, next: axum::middleware::Next) -> Re
         s if s.is_client_error() => "bad-request",
         _ => "internal",
     };
-    let mut out = (status, axum::Json(problem_body(status, slug, &detail))).into_response();
+    let mut out = problem_response(status, &problem_body(status, slug, &detail));
     let headers = out.headers_mut();
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
     out
 }
 
@@ -279,4 +303,26 @@ pub async fn not_found() -> ApiError {
 pub async fn method_not_allowed(req: Request) -> ApiError {
     crate::note_matched_route(&req);
     ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_problem_quoting_non_ascii_input_is_ascii_json_that_parses_back_to_the_exact_text() {
+        let detail = "unknown kind \"AA´企\u{1f}😀\": no worker registered it";
+        let resp = ApiError::NotFound(detail.into()).into_response();
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(bytes.is_ascii(), "{}", String::from_utf8_lossy(&bytes));
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["detail"], detail);
+        assert_eq!(v["status"], 404);
+    }
 }

@@ -49,6 +49,7 @@ timeout 180 python3 -m schemathesis.cli run "$base/openapi.json" \
   --hypothesis-max-examples 25 \
   --hypothesis-deadline 5000 \
   --request-timeout 10000 \
+  ${SCHEMATHESIS_SEED:+--hypothesis-seed "$SCHEMATHESIS_SEED"} \
   --no-color || status=$?
 if [ "$status" -ne 0 ]; then
   echo "schemathesis found problems (exit $status); API log:" >&2

@@ -168,6 +168,54 @@ async fn max_processing_until(pool: &PgPool, kind: &str, done: &str, limit: Dura
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn a_worker_holding_a_global_limit_starts_the_next_job_when_one_of_its_own_finishes_not_at_the_poll(
+    _o: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let pool = pool_for(&opts).await;
+    let handlers = write_temp(
+        "global2.toml",
+        "[kinds.\"sluice.sleep\"]\nglobal_concurrency = 2\n",
+    );
+    let mut w = Worker::start(
+        &url_of(&opts),
+        &[
+            ("SLUICE_HANDLERS_FILE", handlers.to_str().unwrap()),
+            ("SLUICE_WORKER_CONCURRENCY", "8"),
+            ("SLUICE_WORKER_POLL_INTERVAL", "60s"),
+        ],
+    );
+    w.wait_ready().await;
+    // Ten jobs in one statement: one notification. The limit holds eight back; after that
+    // only this worker's own jobs finishing can free a slot, and the poll is a minute away.
+    sqlx::query(
+        "INSERT INTO jobs (kind, payload) SELECT 'sluice.sleep', '{\"ms\": 100}' FROM generate_series(1, 10)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    wait_until(
+        &pool,
+        "SELECT count(*) = 10 FROM jobs WHERE kind = 'sluice.sleep' AND state = 'completed'",
+        Duration::from_secs(45),
+    )
+    .await;
+    let max_gap: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(gap))::float8 FROM (
+             SELECT leased_at - lag(finished_at) OVER (ORDER BY leased_at) AS gap
+               FROM jobs WHERE kind = 'sluice.sleep') g",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        max_gap < 10.0,
+        "a freed slot was taken {max_gap:.1} s after a job finished: {}",
+        w.log()
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn three_workers_never_run_more_than_the_global_concurrency_and_a_killed_workers_slot_frees_when_its_lease_expires(
     _o: PgPoolOptions,
     opts: PgConnectOptions,
