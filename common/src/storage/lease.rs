@@ -12,22 +12,31 @@ use crate::model::{
 
 use super::{DONE_IDS_PER_STATEMENT, REQUEUE_STATE};
 
-/// The statement of [`lease_jobs`], and of [`lease_jobs_from`] when no kind has a floor:
-/// `$1` worker, `$2` kinds, `$3` their lease timeouts in ms, `$4` limit. Public so that
-/// `common/tests/plans.rs` can `EXPLAIN` the very statement the worker runs.
-pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
-             SELECT c.id, c.kind
-               FROM unnest($2::text[]) AS k(kind)
-              CROSS JOIN LATERAL (
-                    SELECT j.id, j.kind, j.priority, j.run_at
-                      FROM jobs j
-                     WHERE (j.state = 'queued') IS TRUE
-                       AND j.kind = k.kind
-                       AND j.run_at <= now()
-                     ORDER BY j.kind, j.priority DESC, j.run_at, j.id
-                     LIMIT $4
-                       FOR UPDATE OF j SKIP LOCKED
-                    ) c
+/// One index range of a kind's claim order on `jobs_claim_idx`, in that order: queued,
+/// due rows of kind `k.kind` that also meet `$extra` (`""`: the whole order), locked
+/// `SKIP LOCKED`, at most `$4`.
+macro_rules! claim_range {
+    ($extra:literal) => {
+        concat!(
+            "SELECT j.id, j.kind, j.priority, j.run_at
+               FROM jobs j
+              WHERE (j.state = 'queued') IS TRUE
+                AND j.kind = k.kind ",
+            $extra,
+            "
+                AND j.run_at <= now()
+              ORDER BY j.kind, j.priority DESC, j.run_at, j.id
+              LIMIT $4
+                FOR UPDATE OF j SKIP LOCKED"
+        )
+    };
+}
+
+/// What both lease statements do with each kind's candidate rows `c`: drop paused and
+/// globally limited kinds, keep the best `$4` across kinds, and stamp the lease.
+macro_rules! lease_claimed {
+    () => {
+        "
               WHERE NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = k.kind
                                    AND (p.paused OR p.global_concurrency IS NOT NULL OR p.rate_limit IS NOT NULL))
                 AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
@@ -46,7 +55,22 @@ pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
            JOIN unnest($2::text[], $3::int8[]) AS t(kind, timeout_ms) ON t.kind = c.kind
           WHERE j.id = c.id
          RETURNING j.id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts, j.lease_token,
-                   j.lease_expires_at, j.run_at, j.created_at, j.traceparent";
+                   j.lease_expires_at, j.run_at, j.created_at, j.traceparent"
+    };
+}
+
+/// The statement of [`lease_jobs`], and of [`lease_jobs_from`] when no kind has a floor:
+/// `$1` worker, `$2` kinds, `$3` their lease timeouts in ms, `$4` limit. Public so that
+/// `common/tests/plans.rs` can `EXPLAIN` the very statement the worker runs.
+pub const LEASE_JOBS_SQL: &str = concat!(
+    "WITH claimed AS MATERIALIZED (
+             SELECT c.id, c.kind
+               FROM unnest($2::text[]) AS k(kind)
+              CROSS JOIN LATERAL (",
+    claim_range!(""),
+    ") c",
+    lease_claimed!()
+);
 
 /// The statement of [`lease_jobs_from`] when some kind has a floor: as
 /// [`LEASE_JOBS_SQL`], plus `$5`/`$6` each kind's claim floor (priority, run_at; see
@@ -54,62 +78,28 @@ pub const LEASE_JOBS_SQL: &str = "WITH claimed AS MATERIALIZED (
 /// Postgres about three times as long to plan (three index ranges per kind, 1.1 ms
 /// against 0.4), which an idle worker's lease of a single job, always without floors,
 /// should not pay.
-pub const LEASE_JOBS_FROM_FLOORS_SQL: &str = "WITH claimed AS MATERIALIZED (
+pub const LEASE_JOBS_FROM_FLOORS_SQL: &str = concat!(
+    "WITH claimed AS MATERIALIZED (
              SELECT c.id, c.kind
                FROM unnest($2::text[], $5::int2[], $6::timestamptz[]) AS k(kind, fp, fr)
               CROSS JOIN LATERAL (
                     SELECT * FROM (
-                        SELECT * FROM (
-                            SELECT j.id, j.kind, j.priority, j.run_at
-                              FROM jobs j
-                             WHERE (j.state = 'queued') IS TRUE
-                               AND j.kind = k.kind AND j.priority > k.fp
-                               AND j.run_at <= now()
-                             ORDER BY j.kind, j.priority DESC, j.run_at, j.id
-                             LIMIT $4
-                               FOR UPDATE OF j SKIP LOCKED) above
+                        SELECT * FROM (",
+    claim_range!("AND j.priority > k.fp"),
+    ") above
                         UNION ALL
-                        SELECT * FROM (
-                            SELECT j.id, j.kind, j.priority, j.run_at
-                              FROM jobs j
-                             WHERE (j.state = 'queued') IS TRUE
-                               AND j.kind = k.kind AND j.priority = k.fp
-                               AND j.run_at >= coalesce(k.fr, '-infinity') AND j.run_at <= now()
-                             ORDER BY j.kind, j.priority DESC, j.run_at, j.id
-                             LIMIT $4
-                               FOR UPDATE OF j SKIP LOCKED) at_floor
+                        SELECT * FROM (",
+    claim_range!("AND j.priority = k.fp AND j.run_at >= coalesce(k.fr, '-infinity')"),
+    ") at_floor
                         UNION ALL
-                        SELECT * FROM (
-                            SELECT j.id, j.kind, j.priority, j.run_at
-                              FROM jobs j
-                             WHERE (j.state = 'queued') IS TRUE
-                               AND j.kind = k.kind AND j.priority < k.fp
-                               AND j.run_at <= now()
-                             ORDER BY j.kind, j.priority DESC, j.run_at, j.id
-                             LIMIT $4
-                               FOR UPDATE OF j SKIP LOCKED) below
+                        SELECT * FROM (",
+    claim_range!("AND j.priority < k.fp"),
+    ") below
                     ) u
                     LIMIT $4
-                    ) c
-              WHERE NOT EXISTS (SELECT 1 FROM job_kinds p WHERE p.kind = k.kind
-                                   AND (p.paused OR p.global_concurrency IS NOT NULL OR p.rate_limit IS NOT NULL))
-                AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
-              ORDER BY c.priority DESC, c.run_at, c.id
-              LIMIT $4
-         )
-         UPDATE jobs j
-            SET state = 'processing',
-                attempts = j.attempts + 1,
-                leased_by = $1,
-                leased_at = now(),
-                lease_expires_at = now() + t.timeout_ms * interval '1 millisecond',
-                lease_token = sluice_new_lease_token(),
-                updated_at = now()
-           FROM claimed c
-           JOIN unnest($2::text[], $3::int8[]) AS t(kind, timeout_ms) ON t.kind = c.kind
-          WHERE j.id = c.id
-         RETURNING j.id, j.kind, j.payload, j.priority, j.attempts, j.max_attempts, j.lease_token,
-                   j.lease_expires_at, j.run_at, j.created_at, j.traceparent";
+                    ) c",
+    lease_claimed!()
+);
 
 /// Where a kind's lease may start reading the claim index: no queued row of the kind at
 /// this `priority` with a `run_at` before `run_at` is looked at (higher and lower
