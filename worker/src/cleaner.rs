@@ -11,11 +11,11 @@
 //! `sluice_jobs_deleted_total{kind,state}`; nothing goes to `audit_log` (routine, not an
 //! intervention).
 //!
-//! Each (state, kind) remembers where its last batch ended ([`Floors`]) and the next batch
-//! looks only at rows finished from there on (less a margin), so a batch never walks the
-//! index entries of rows it deleted before: while a long transaction holds vacuum back,
-//! those cannot be marked dead, and walking them made each batch slower than the last
-//! (see [`storage::delete_expired_jobs_from`]). One pass in [`FULL_PASS_EVERY`] (and the
+//! Each (state, kind) remembers where its last batch ended ([`RetentionFloors`]) and the
+//! next batch looks only at rows finished from there on (less a margin), so a batch never
+//! walks the index entries of rows it deleted before: while a long transaction holds
+//! vacuum back, those cannot be marked dead, and walking them made each batch slower than
+//! the last (see [`storage::delete_expired_jobs_from`]). One pass in [`FULL_PASS_EVERY`] (and the
 //! first) reads from the oldest row, for rows that finished earlier than a floor but
 //! committed later, or that an operator's SQL gave an older `finished_at`.
 
@@ -32,18 +32,16 @@ use sqlx::pool::PoolConnection;
 use sqlx::Postgres;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::Shared;
+use crate::{floors::FLOOR_MARGIN, state::Shared};
 
 /// A pass without floors every this many passes.
 pub const FULL_PASS_EVERY: u64 = 10;
 
-/// How far behind the newest row a batch deleted the next one starts (completions commit
-/// a moment after the `finished_at` they stamp).
-pub const FLOOR_MARGIN: Duration = Duration::from_secs(1);
-
-/// Where each (state, kind)'s next batch starts, and how many passes ran.
+/// Where each (state, kind)'s next batch starts, and how many passes ran. A floor sits
+/// [`FLOOR_MARGIN`] behind the newest row the last batch deleted: completions commit a
+/// moment after the `finished_at` they stamp, as enqueues do after their `run_at`.
 #[derive(Debug, Default)]
-pub struct Floors {
+pub struct RetentionFloors {
     from: HashMap<(&'static str, String), DateTime<Utc>>,
     passes: u64,
 }
@@ -71,7 +69,7 @@ pub async fn run(shared: Arc<Shared>, config: CleanerConfig, stop: CancellationT
     // The first pass comes soon after start (a worker that restarts often must still
     // clean), but not at once: start-up is busy enough.
     let mut wait = config.interval.mul_f64(0.1 + rand::random::<f64>() * 0.2);
-    let mut floors = Floors::default();
+    let mut floors = RetentionFloors::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -92,7 +90,7 @@ pub async fn pass(
     shared: &Shared,
     config: &CleanerConfig,
     stop: &CancellationToken,
-    floors: &mut Floors,
+    floors: &mut RetentionFloors,
 ) -> Result<Option<u64>> {
     let mut conn = shared.client.pool().acquire().await?;
     if !storage::try_lock_retention(&mut conn).await? {
@@ -131,7 +129,7 @@ async fn clean(
     shared: &Shared,
     config: &CleanerConfig,
     stop: &CancellationToken,
-    floors: &mut Floors,
+    floors: &mut RetentionFloors,
 ) -> Result<u64> {
     let full = floors.passes.is_multiple_of(FULL_PASS_EVERY);
     floors.passes += 1;

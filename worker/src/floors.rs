@@ -35,7 +35,8 @@ use chrono::{DateTime, Utc};
 use sluice_common::{model::LeasedJob, storage::ClaimFloor};
 
 /// How far behind the last leased row's `run_at` a floor sits, for enqueues that commit
-/// a little after their `run_at` was stamped. Under a held vacuum horizon a floored lease
+/// a little after their `run_at` was stamped (the cleaner's retention floors use it too,
+/// for completions and their `finished_at`). Under a held vacuum horizon a floored lease
 /// reads the entries of the jobs leased in this window (at 10k jobs/s, 10k entries).
 pub const FLOOR_MARGIN: Duration = Duration::from_secs(1);
 

@@ -100,13 +100,13 @@ async fn produce(
         if look {
             let want = wanted(shared, rate.buffer_size(config.prefetch), buffer.len());
             if want > 0 {
-                let floored = !floors.next_is_full(std::time::Instant::now());
-                match lease_round(shared, want, &mut floors).await {
+                let full_lease = floors.next_is_full(std::time::Instant::now());
+                match lease_round(shared, want, &mut floors, full_lease).await {
                     Ok((jobs, full, limit_frees_in)) => {
                         // A floored lease that found less than asked may have missed a row
                         // behind a floor (see crate::floors): look again, without floors,
                         // when the next full lease is due, instead of at the next poll.
-                        full_due = if floored && !full {
+                        full_due = if !full_lease && !full {
                             floors.next_full_at().map(Instant::from_std)
                         } else {
                             None
@@ -340,14 +340,14 @@ fn jittered(d: Duration) -> Duration {
 /// the jobs, whether any statement came back full (so more may be waiting), and, when a
 /// rate limit held jobs back, how long until it frees a slot.
 ///
-/// Leases of kinds without a global limit start at each kind's claim floor, except when
-/// `floors` says a full lease is due (see [`crate::floors`]).
+/// Leases of kinds without a global limit start at each kind's claim floor, except in a
+/// `full_lease` (see [`crate::floors`]).
 async fn lease_round(
     shared: &Shared,
     free: usize,
     floors: &mut Floors,
+    full_lease: bool,
 ) -> Result<(Vec<LeasedJob>, bool, Option<Duration>), sluice_common::Error> {
-    let full_lease = floors.next_is_full(std::time::Instant::now());
     // Time spent in the floored statements, which is what a full one costs more.
     let mut spent = Duration::ZERO;
     let running = shared.running_by_kind();
