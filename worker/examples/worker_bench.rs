@@ -684,16 +684,21 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let _ = std::fs::remove_file(&starts);
-    let mut by_id: HashMap<i64, f64> = HashMap::new();
+    // Per job: the client's stamp before its call, and the handler's first instruction.
+    let mut by_id: HashMap<i64, (i64, i64)> = HashMap::new();
     for l in &lines {
         let f: Vec<i64> = l.split(' ').filter_map(|x| x.parse().ok()).collect();
         if f.len() == 3 {
-            by_id.entry(f[0]).or_insert((f[2] - f[1]) as f64 / 1e6);
+            by_id.entry(f[0]).or_insert((f[1], f[2]));
         }
     }
     let mut ids: Vec<i64> = by_id.keys().copied().collect();
     ids.sort_unstable();
-    let mut lat: Vec<f64> = ids.iter().skip(warm).map(|id| by_id[id]).collect();
+    let mut lat: Vec<f64> = ids
+        .iter()
+        .skip(warm)
+        .map(|id| (by_id[id].1 - by_id[id].0) as f64 / 1e6)
+        .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let (p50, p99) = (pct(&lat, 0.5), pct(&lat, 0.99));
     println!(
@@ -723,13 +728,6 @@ async fn main() -> anyhow::Result<()> {
     // up to the lease statement's start (`leased_at`: the INSERT, its commit, the
     // notification, the worker's wake-up), and from there up to the handler's first
     // instruction (the lease itself, its commit, the spawn).
-    let mut client_t: HashMap<i64, (i64, i64)> = HashMap::new();
-    for l in &lines {
-        let f: Vec<i64> = l.split(' ').filter_map(|x| x.parse().ok()).collect();
-        if f.len() == 3 {
-            client_t.entry(f[0]).or_insert((f[1], f[2]));
-        }
-    }
     let stamps: Vec<(i64, i64, i64)> = sqlx::query_as(
         "SELECT id, (extract(epoch FROM created_at) * 1e9)::int8, (extract(epoch FROM leased_at) * 1e9)::int8
            FROM jobs WHERE kind = 'sluice.bench' AND leased_at IS NOT NULL ORDER BY id",
@@ -738,7 +736,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let mut parts: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for (id, created, leased) in stamps.iter().skip(warm) {
-        if let Some((sent, started)) = client_t.get(id) {
+        if let Some((sent, started)) = by_id.get(id) {
             parts[0].push((created - sent) as f64 / 1e6);
             parts[1].push((leased - created) as f64 / 1e6);
             parts[2].push((started - leased) as f64 / 1e6);
