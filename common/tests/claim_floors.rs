@@ -15,7 +15,7 @@ use sluice_common::storage::{self, ClaimFloor};
 use sluice_common::JobState;
 use sqlx::{Connection, PgConnection, PgPool};
 
-use sluice_test_support::jobs::kinds;
+use sluice_test_support::jobs::{explain_lease as explain_lease_plan, kinds, scan_buffers};
 
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 
@@ -46,47 +46,15 @@ async fn queue_spaced(pool: &PgPool, kind: &str, n: i64) {
     .unwrap();
 }
 
-/// Buffers touched by the scans of `index` in an `EXPLAIN (ANALYZE, BUFFERS, FORMAT
-/// JSON)` plan (each index scan's figure includes its heap visits): what finding the
-/// rows cost, without the writes that follow.
-fn scan_buffers(node: &Value, index: &str) -> i64 {
-    let own = if node["Index Name"].as_str() == Some(index) {
-        node["Shared Hit Blocks"].as_i64().unwrap() + node["Shared Read Blocks"].as_i64().unwrap()
-    } else {
-        0
-    };
-    own + node["Plans"]
-        .as_array()
-        .map(|c| c.iter().map(|n| scan_buffers(n, index)).sum())
-        .unwrap_or(0)
-}
-
-/// Executes the floored lease statement under `EXPLAIN (ANALYZE, BUFFERS)` in a transaction that
-/// is rolled back: the rows it leased and the buffers its claim-index scans touched.
+/// The floored lease's rows and the buffers its claim-index scans touched, executed in a
+/// transaction that is rolled back.
 async fn explain_lease(
     pool: &PgPool,
     kinds: &[KindLease],
     floors: &[Option<ClaimFloor>],
 ) -> (i64, i64) {
-    let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
-    let timeouts: Vec<i64> = vec![300_000; kinds.len()];
-    let (fp, fr) = storage::floor_arrays(kinds.len(), floors);
-    let mut tx = pool.begin().await.unwrap();
-    let plan: Value = sqlx::query_scalar(&format!(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
-        storage::LEASE_JOBS_FROM_FLOORS_SQL
-    ))
-    .bind("floors-test")
-    .bind(&names)
-    .bind(&timeouts)
-    .bind(100_i64)
-    .bind(&fp)
-    .bind(&fr)
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    tx.rollback().await.unwrap();
-    let top = &plan[0]["Plan"];
+    let plan = explain_lease_plan(pool, kinds, floors, 100).await;
+    let top = &plan["Plan"];
     let rows = top["Actual Rows"].as_f64().unwrap() as i64;
     (rows, scan_buffers(top, "jobs_claim_idx"))
 }
@@ -188,6 +156,24 @@ async fn a_row_behind_the_floor_waits_for_a_full_lease_but_a_higher_priority_is_
     );
 }
 
+/// One retention batch of up to 1000 completed `mail.send` jobs finished more than a day
+/// ago, from `from` on.
+async fn delete_batch(
+    conn: &mut PgConnection,
+    from: Option<DateTime<Utc>>,
+) -> storage::DeletedBatch {
+    storage::delete_expired_jobs_from(
+        conn,
+        JobState::Completed,
+        "mail.send",
+        Duration::from_secs(86_400),
+        1000,
+        from,
+    )
+    .await
+    .unwrap()
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_retention_batch_from_where_the_last_ended_reads_only_its_own_rows_while_vacuum_is_held(
     pool: PgPool,
@@ -201,21 +187,11 @@ async fn a_retention_batch_from_where_the_last_ended_reads_only_its_own_rows_whi
     .execute(&pool)
     .await
     .unwrap();
-    let keep = Duration::from_secs(86_400);
     let mut conn = pool.acquire().await.unwrap();
     let mut from = None;
     let mut deleted = 0;
     for _ in 0..5 {
-        let b = storage::delete_expired_jobs_from(
-            &mut conn,
-            JobState::Completed,
-            "mail.send",
-            keep,
-            1000,
-            from,
-        )
-        .await
-        .unwrap();
+        let b = delete_batch(&mut conn, from).await;
         deleted += b.rows;
         from = b.newest_finished_at.map(|t| t - Duration::from_secs(1));
     }
@@ -246,16 +222,7 @@ async fn a_retention_batch_from_where_the_last_ended_reads_only_its_own_rows_whi
         full > 100 && floored * 10 < full,
         "the batch after the floor skips the {deleted} rows deleted before: {floored} buffers vs {full}"
     );
-    let b = storage::delete_expired_jobs_from(
-        &mut conn,
-        JobState::Completed,
-        "mail.send",
-        keep,
-        1000,
-        from,
-    )
-    .await
-    .unwrap();
+    let b = delete_batch(&mut conn, from).await;
     assert_eq!(b.rows, 1000, "and the next batch deletes what is left");
     held.close().await.unwrap();
 }

@@ -14,6 +14,8 @@ use sluice_common::model::{KindLease, Lease};
 use sluice_common::storage;
 use sqlx::PgPool;
 
+use sluice_test_support::jobs::explain_lease as explain_lease_of;
+
 const MIGRATOR: &sqlx::migrate::Migrator = &sluice_common::db::MIGRATOR;
 
 const KINDS: usize = 10;
@@ -98,36 +100,16 @@ async fn explain_lease(pool: &PgPool, limit: i64) -> Value {
 /// every other kind given a floor an hour back at priority 0 (the rest none).
 async fn explain_lease_with(pool: &PgPool, limit: i64, floored: bool) -> Value {
     let kinds = all_kinds();
-    let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
-    let timeouts: Vec<i64> = vec![300_000; kinds.len()];
-    let mut tx = pool.begin().await.unwrap();
-    let sql = if floored {
-        storage::LEASE_JOBS_FROM_FLOORS_SQL
-    } else {
-        storage::LEASE_JOBS_SQL
-    };
-    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}");
-    let mut q = sqlx::query_scalar(&explain)
-        .bind("plans-test")
-        .bind(&names)
-        .bind(&timeouts)
-        .bind(limit);
-    if floored {
-        let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
-        let floors: Vec<Option<storage::ClaimFloor>> = (0..kinds.len())
-            .map(|i| {
-                (i % 2 == 0).then_some(storage::ClaimFloor {
-                    priority: 0,
-                    run_at: hour_ago,
-                })
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let floors: Vec<Option<storage::ClaimFloor>> = (0..kinds.len())
+        .map(|i| {
+            (floored && i % 2 == 0).then_some(storage::ClaimFloor {
+                priority: 0,
+                run_at: hour_ago,
             })
-            .collect();
-        let (fp, fr) = storage::floor_arrays(kinds.len(), &floors);
-        q = q.bind(fp).bind(fr);
-    }
-    let plan: Value = q.fetch_one(&mut *tx).await.unwrap();
-    tx.rollback().await.unwrap();
-    plan[0].clone()
+        })
+        .collect();
+    explain_lease_of(pool, &kinds, &floors, limit).await
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

@@ -61,3 +61,60 @@ pub async fn lease_one(client: &JobClient, worker: &str, kind: &str) -> LeasedJo
     assert_eq!(jobs.len(), 1, "expected one runnable job of {kind}");
     jobs.remove(0)
 }
+
+/// The plan of the worker's lease statement for `kinds`, executed under `EXPLAIN
+/// (ANALYZE, BUFFERS, FORMAT JSON)` in a transaction that is rolled back (so the test reads
+/// the work it did, and leases nothing): `storage::LEASE_JOBS_SQL` when no kind has a
+/// floor, `storage::LEASE_JOBS_FROM_FLOORS_SQL` otherwise, as the worker picks. Returns
+/// the plan document's first element (`["Plan"]` is its top node).
+pub async fn explain_lease(
+    pool: &sqlx::PgPool,
+    kinds: &[KindLease],
+    floors: &[Option<sluice_common::storage::ClaimFloor>],
+    limit: i64,
+) -> serde_json::Value {
+    use sluice_common::storage;
+    let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
+    let timeouts: Vec<i64> = kinds
+        .iter()
+        .map(|k| k.lease_timeout.as_millis() as i64)
+        .collect();
+    let floored = floors.iter().any(Option::is_some);
+    let sql = format!(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+        if floored {
+            storage::LEASE_JOBS_FROM_FLOORS_SQL
+        } else {
+            storage::LEASE_JOBS_SQL
+        }
+    );
+    let mut q = sqlx::query_scalar(&sql)
+        .bind("explain-test")
+        .bind(&names)
+        .bind(&timeouts)
+        .bind(limit);
+    if floored {
+        let (fp, fr) = storage::floor_arrays(kinds.len(), floors);
+        q = q.bind(fp).bind(fr);
+    }
+    let mut tx = pool.begin().await.expect("begin");
+    let plan: serde_json::Value = q.fetch_one(&mut *tx).await.expect("EXPLAIN the lease");
+    tx.rollback().await.expect("rollback");
+    plan[0].clone()
+}
+
+/// Buffers touched by the scans of `index` in an `EXPLAIN (ANALYZE, BUFFERS, FORMAT
+/// JSON)` plan node and its children (an index scan's figure includes its heap visits):
+/// what finding the rows cost, without the writes that follow.
+pub fn scan_buffers(node: &serde_json::Value, index: &str) -> i64 {
+    let own = if node["Index Name"].as_str() == Some(index) {
+        node["Shared Hit Blocks"].as_i64().unwrap_or(0)
+            + node["Shared Read Blocks"].as_i64().unwrap_or(0)
+    } else {
+        0
+    };
+    own + node["Plans"]
+        .as_array()
+        .map(|c| c.iter().map(|n| scan_buffers(n, index)).sum())
+        .unwrap_or(0)
+}
